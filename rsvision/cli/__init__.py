@@ -1,0 +1,63 @@
+"""The `rsvision` command line: a thin Typer layer over the library.
+
+Each command group lives in its own module (``rsvision/cli/<group>.py``) exposing
+``register(app: typer.Typer) -> None``; this file only wires them together, so task
+families can be added without touching each other.
+"""
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from rsvision import __version__
+
+# Command-group modules, in the order they appear in ``--help``.
+_GROUPS = ("models", "demo", "classify", "detect", "segment", "change", "dota")
+
+app = typer.Typer(
+    name="rsvision",
+    help="Remote-sensing image understanding: backbones, classification, rotated detection, "
+    "segmentation and change detection.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"rsvision {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """rsvision command line."""
+
+
+for _name in _GROUPS:
+    try:
+        _mod = importlib.import_module(f"rsvision.cli.{_name}")
+    except ModuleNotFoundError as exc:  # group not built yet
+        if exc.name != f"rsvision.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from rsvision.errors import RSVisionError
+
+    try:
+        app()
+    except RSVisionError as exc:  # user errors: one clear line, no traceback
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(2)

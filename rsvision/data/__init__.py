@@ -1,0 +1,1 @@
+"""Readers, datasets, transforms, synthetic generators and the shared raster tiler."""

@@ -1,0 +1,1 @@
+"""Synthetic labelled data for tests and demos, shared by every task generator."""

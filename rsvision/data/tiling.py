@@ -1,0 +1,67 @@
+"""The one tiler shared by ``dota split``, whole-scene detection and sliding-window segmentation.
+
+Windows follow the DOTA / MMRotate ``img_split`` rule: start every ``size - gap`` pixels and
+shift the last window back so it ends exactly at the image border (never a partial window when
+the image is larger than the window). Images smaller than the window get a single window at 0
+(callers pad).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window in pixel coordinates of the full image: columns [x0, x0+width), rows [y0, y0+height)."""
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.width
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.height
+
+
+def window_starts(length: int, size: int, gap: int) -> list[int]:
+    """Start offsets of windows of ``size`` with overlap ``gap`` along an axis of ``length``.
+
+    >>> window_starts(1000, 1024, 200)
+    [0]
+    >>> window_starts(2000, 1024, 200)
+    [0, 976]
+    """
+    if size <= 0 or gap < 0 or gap >= size:
+        raise ValueError(f"need size > gap >= 0, got size={size}, gap={gap}")
+    step = size - gap
+    n = 1 if length <= size else math.ceil((length - size) / step + 1)
+    starts = [step * i for i in range(n)]
+    if len(starts) > 1 and starts[-1] + size > length:
+        starts[-1] = length - size
+    return starts
+
+
+def sliding_windows(height: int, width: int, size: int, gap: int) -> list[Window]:
+    """All windows covering an image of ``height`` x ``width``, row-major (y outer, x inner).
+
+    Windows are clipped to the image, so for images smaller than ``size`` the window is the
+    whole image (``width``/``height`` smaller than ``size``); callers pad to ``size`` if needed.
+    """
+    out = []
+    for y0 in window_starts(height, size, gap):
+        for x0 in window_starts(width, size, gap):
+            out.append(Window(x0, y0, min(size, width - x0), min(size, height - y0)))
+    return out
+
+
+def batched(windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
+    """Yield consecutive groups of at most ``batch_size`` windows."""
+    for i in range(0, len(windows), batch_size):
+        yield windows[i : i + batch_size]

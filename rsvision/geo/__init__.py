@@ -1,0 +1,1 @@
+"""CRS-aware outputs: GeoJSON polygons and GeoTIFF masks."""

@@ -1,0 +1,1 @@
+"""LSKNet and HAKSNet backbones, registered with timm on import."""

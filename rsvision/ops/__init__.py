@@ -1,0 +1,1 @@
+"""Pure tensor functions for rotated boxes: conversions, IoU, NMS, RoIAlignRotated, coders."""

@@ -1,0 +1,1 @@
+"""Lightning modules and datamodules, one file per task family."""

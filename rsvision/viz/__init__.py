@@ -1,0 +1,1 @@
+"""Drawing: rotated boxes, masks, confusion matrices, training curves."""

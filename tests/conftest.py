@@ -1,0 +1,30 @@
+"""Shared test fixtures: where ../shared lives and whether it must be there."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RSVISION_SHARED", ROOT.parent / "shared"))
+REQUIRE_SHARED = os.environ.get("RSVISION_REQUIRE_SHARED", "0") == "1"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared; skips the test when absent (fails when RSVISION_REQUIRE_SHARED=1)."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        msg = f"shared data missing: {p}"
+        if REQUIRE_SHARED:
+            pytest.fail(msg + " (RSVISION_REQUIRE_SHARED=1)")
+        pytest.skip(msg)
+    return p
+
+
+@pytest.fixture
+def shared():
+    return shared_path
