@@ -18,3 +18,14 @@ __all__ = [
     "DeltaXYWHAOBBoxCoder",
     "MidpointOffsetCoder",
 ]
+from .iou import box_iou_rotated, rbbox_overlaps, rotated_intersection_area  # noqa: E402
+from .nms import batched_nms_rotated, multiclass_nms_rotated, nms_rotated  # noqa: E402
+
+__all__ += [
+    "box_iou_rotated",
+    "rbbox_overlaps",
+    "rotated_intersection_area",
+    "nms_rotated",
+    "batched_nms_rotated",
+    "multiclass_nms_rotated",
+]
