@@ -1,0 +1,321 @@
+"""Semantic segmentation data: image / mask folder pairs, mask encodings, datasets.
+
+Three mask encodings cover the common datasets (all map to class indices ``0..K-1`` plus an
+``ignore_index``):
+
+- ``index`` with ``reduce_zero_label``: LoveDA (0 = no data, 1-7 classes) and ISPRS tiles as
+  converted by mmsegmentation (0 = boundary / ignore, 1-6 classes): 0 -> ignore, v -> v - 1.
+- ``index`` without it: the value is the class (PNG ``L`` or palette ``P`` masks, GeoTIFF).
+- ``rgb``: a colour table (original ISPRS Potsdam / Vaihingen labels, iSAID); colours not in the
+  table raise a :class:`DataError` naming the file, unless listed in ``ignore_colours``.
+
+Images go through :func:`rsvision.data.raster.read_image`, so any band count and dtype works;
+values stay in native units and the task normalises them with the checkpoint's band statistics.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rsvision.data.raster import IMAGE_EXTENSIONS, read_image
+from rsvision.errors import ConfigError, DataError
+
+__all__ = [
+    "MaskEncoding", "PRESETS", "get_encoding", "read_mask", "find_pairs", "SegmentationDataset",
+    "random_crop", "augment_flips", "colorize", "overlay", "default_palette",
+]
+
+_MASK_EXT = IMAGE_EXTENSIONS + (".img",)
+
+
+@dataclass
+class MaskEncoding:
+    """How raw mask files map to class indices (see the module docstring)."""
+
+    classes: list[str]
+    kind: str = "index"  # index | rgb
+    reduce_zero_label: bool = False
+    colours: list[list[int]] | None = None  # rgb: colour of each raw index, in raw-index order
+    ignore_colours: list[list[int]] = field(default_factory=list)
+    ignore_index: int = 255
+    palette: list[list[int]] | None = None  # display colours per class (overlays, GeoTIFF colour map)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("index", "rgb"):
+            raise ConfigError(f"mask encoding kind must be 'index' or 'rgb', got {self.kind!r}")
+        if self.kind == "rgb" and not self.colours:
+            raise ConfigError("an 'rgb' mask encoding needs a colour table (colours)")
+        if not 0 <= self.ignore_index <= 255 or self.ignore_index < len(self.classes):
+            raise ConfigError(f"ignore_index {self.ignore_index} must be in [num_classes, 255]")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def decode(self, raw: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+        """Raw mask (``(1|3|4, H, W)`` or ``(H, W)``) -> ``(H, W)`` int64 class indices / ignore."""
+        raw = np.asarray(raw)
+        if self.kind == "rgb":
+            if raw.ndim != 3 or raw.shape[0] < 3:
+                raise DataError(f"expected an RGB-coded mask, got shape {raw.shape}", path=path)
+            key = (raw[0].astype(np.int64) << 16) | (raw[1].astype(np.int64) << 8) | raw[2].astype(np.int64)
+            uniq, inv = np.unique(key, return_inverse=True)
+            table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.colours)}
+            ign = {(r << 16) | (g << 8) | b for r, g, b in self.ignore_colours}
+            lut = np.full(len(uniq), -2, np.int64)
+            for j, k in enumerate(uniq.tolist()):
+                lut[j] = table.get(k, -1 if k in ign else -2)
+            if (lut == -2).any():
+                bad = [((k >> 16) & 255, (k >> 8) & 255, k & 255) for k in uniq[lut == -2][:5].tolist()]
+                raise DataError(f"mask colours {bad} are not in the colour table", path=path)
+            idx = lut[inv.reshape(key.shape)]
+        else:
+            if raw.ndim == 3:
+                if raw.shape[0] != 1:
+                    raise DataError(f"index mask must have one band, got {raw.shape[0]} "
+                                    "(RGB-coded masks need kind: rgb and a colour table)", path=path)
+                raw = raw[0]
+            idx = raw.astype(np.int64)
+        out = idx.copy()
+        if self.reduce_zero_label:
+            out = idx - 1
+            out[idx == 0] = self.ignore_index
+        out[idx == -1] = self.ignore_index
+        bad = (out != self.ignore_index) & ((out < 0) | (out >= self.num_classes))
+        if bad.any():
+            vals = np.unique(raw[bad] if raw.ndim == 2 else idx[bad])[:8].tolist()
+            raise DataError(
+                f"mask values {vals} are outside the {self.num_classes} classes "
+                f"(reduce_zero_label={self.reduce_zero_label}, ignore_index={self.ignore_index})", path=path)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_LOVEDA = ["background", "building", "road", "water", "barren", "forest", "agricultural"]
+_ISPRS = ["impervious_surfaces", "building", "low_vegetation", "tree", "car", "clutter"]
+_ISPRS_RGB = [[255, 255, 255], [0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0]]
+_ISAID = ["background", "ship", "storage_tank", "baseball_diamond", "tennis_court", "basketball_court",
+          "ground_track_field", "bridge", "large_vehicle", "small_vehicle", "helicopter", "swimming_pool",
+          "roundabout", "soccer_ball_field", "plane", "harbor"]
+_ISAID_RGB = [[0, 0, 0], [0, 0, 63], [0, 63, 63], [0, 63, 0], [0, 63, 127], [0, 63, 191], [0, 63, 255],
+              [0, 127, 63], [0, 127, 127], [0, 0, 127], [0, 0, 191], [0, 0, 255], [0, 191, 127],
+              [0, 127, 191], [0, 127, 255], [0, 100, 155]]
+
+#: Named encodings: ``data.mask: loveda`` in a config (or a dict of :class:`MaskEncoding` fields).
+PRESETS: dict[str, dict[str, Any]] = {
+    "loveda": dict(classes=_LOVEDA, reduce_zero_label=True, palette=[
+        [255, 255, 255], [255, 0, 0], [255, 255, 0], [0, 0, 255], [159, 129, 183], [0, 255, 0], [255, 195, 128]]),
+    # ISPRS Potsdam / Vaihingen converted by mmsegmentation (0 = eroded boundary / ignore).
+    "isprs": dict(classes=_ISPRS, reduce_zero_label=True, palette=_ISPRS_RGB),
+    # Original ISPRS RGB labels; black (eroded "noBoundary" borders) is ignored.
+    "isprs_rgb": dict(classes=_ISPRS, kind="rgb", colours=_ISPRS_RGB, ignore_colours=[[0, 0, 0]], palette=_ISPRS_RGB),
+    # iSAID semantic colour masks (16 classes with background, as mmsegmentation evaluates them).
+    "isaid": dict(classes=_ISAID, kind="rgb", colours=_ISAID_RGB, palette=_ISAID_RGB),
+    # Binary 0 / 255 masks (building footprints, water, ...).
+    "binary": dict(classes=["background", "foreground"], kind="index"),
+}
+
+
+def get_encoding(spec: str | dict | MaskEncoding | None, classes: Sequence[str] | None = None,
+                 ignore_index: int | None = None) -> MaskEncoding:
+    """A :class:`MaskEncoding` from a preset name, a dict of its fields, or class names alone."""
+    if isinstance(spec, MaskEncoding):
+        enc = spec
+    else:
+        if spec is None:
+            if not classes:
+                raise ConfigError("segmentation data needs a mask preset (data.mask) or class names (data.classes)")
+            d: dict[str, Any] = {"classes": list(classes)}
+        elif isinstance(spec, str):
+            if spec not in PRESETS:
+                raise ConfigError(f"unknown mask preset {spec!r}; known: {sorted(PRESETS)}")
+            d = dict(PRESETS[spec])
+        elif isinstance(spec, dict):
+            d = dict(PRESETS.get(spec.get("preset", ""), {}))
+            d.update({k: v for k, v in spec.items() if k != "preset"})
+        else:
+            raise ConfigError(f"bad mask encoding {spec!r}")
+        if classes:
+            d["classes"] = list(classes)
+        unknown = set(d) - {f.name for f in dataclasses.fields(MaskEncoding)}
+        if unknown:
+            raise ConfigError(f"unknown mask encoding key(s) {sorted(unknown)}")
+        enc = MaskEncoding(**d)
+    if ignore_index is not None and ignore_index != enc.ignore_index:
+        enc = dataclasses.replace(enc, ignore_index=int(ignore_index))
+    return enc
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Raw mask ``(C, H, W)``; palette (``P``) PNGs keep their *indices* (not their colours)."""
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".gif", ".bmp"):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                if img.mode == "P":
+                    return np.asarray(img)[None]
+        except Exception as exc:
+            raise DataError(f"cannot read mask ({type(exc).__name__}: {exc})", path=path) from exc
+    return read_image(path)
+
+
+def _files(folder: Path, exts: Sequence[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in exts:
+            out.setdefault(p.stem, p)
+    return out
+
+
+def find_pairs(root: str | Path, images: str = "images", masks: str = "masks",
+               mask_suffixes: Sequence[str] = ("", "_mask", "_label", "_instance_color_RGB")) -> list[tuple[Path, Path]]:
+    """``root/images/<name>.*`` matched to ``root/masks/<name><suffix>.*``; sorted by name.
+
+    Raises DataError for a missing folder, an empty one, or an image without a mask.
+    """
+    root = Path(root)
+    idir, mdir = root / images, root / masks
+    for d in (idir, mdir):
+        if not d.is_dir():
+            raise DataError(f"expected folder {d.name!r} (layout: {images}/ and {masks}/)", path=d)
+    imgs = _files(idir, IMAGE_EXTENSIONS + (".img",))
+    msks = _files(mdir, _MASK_EXT)
+    if not imgs:
+        raise DataError("no image files", path=idir)
+    pairs, missing = [], []
+    for stem, ip in imgs.items():
+        mp = next((msks[stem + s] for s in mask_suffixes if stem + s in msks), None)
+        if mp is None:
+            missing.append(ip.name)
+        else:
+            pairs.append((ip, mp))
+    if missing:
+        raise DataError(f"{len(missing)} image(s) have no mask in {mdir}: {missing[:5]}", path=idir)
+    return pairs
+
+
+def random_crop(arrays: Sequence[np.ndarray], size: int, rng: np.random.Generator, fill: Sequence[float]) -> list[np.ndarray]:
+    """Same random ``size`` x ``size`` crop of arrays sharing their last two dims; pads with ``fill``."""
+    h, w = arrays[0].shape[-2:]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:
+        arrays = [np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)], constant_values=f) for a, f in zip(arrays, fill)]
+        h, w = arrays[0].shape[-2:]
+    y0 = int(rng.integers(0, h - size + 1))
+    x0 = int(rng.integers(0, w - size + 1))
+    return [a[..., y0 : y0 + size, x0 : x0 + size] for a in arrays]
+
+
+def augment_flips(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Random horizontal / vertical flip and 90-degree rotation, the same for every array."""
+    k = int(rng.integers(0, 4))
+    hf, vf = rng.random() < 0.5, rng.random() < 0.5
+    out = []
+    for a in arrays:
+        if hf:
+            a = a[..., :, ::-1]
+        if vf:
+            a = a[..., ::-1, :]
+        out.append(np.ascontiguousarray(np.rot90(a, k, axes=(-2, -1))))
+    return out
+
+
+class SegmentationDataset(Dataset):
+    """``{"image": float32 (C, h, w) native units, "mask": int64 (h, w), "path": str}`` per pair.
+
+    ``crop_size`` takes a random crop per access (training; images smaller than it are padded with
+    zeros / ignore); ``augment`` adds flips and 90-degree rotations. Without ``crop_size`` whole
+    images are returned (evaluation). ``bands`` are 0-based band indices to keep. ``cache`` keeps
+    decoded files in memory (small datasets read once per epoch otherwise).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], encoding: MaskEncoding, crop_size: int | None = None,
+                 augment: bool = False, bands: Sequence[int] | None = None, cache: bool = True,
+                 samples_per_image: int = 1, seed: int = 0):
+        self.pairs = list(pairs)
+        if not self.pairs:
+            raise DataError("segmentation dataset is empty")
+        self.encoding = encoding
+        self.crop_size = crop_size
+        self.augment = augment
+        self.bands = list(bands) if bands is not None else None
+        self.cache = cache
+        self.samples_per_image = max(1, int(samples_per_image)) if crop_size else 1
+        self.seed = seed
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.samples_per_image
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i in self._cache:
+            return self._cache[i]
+        ip, mp = self.pairs[i]
+        img = read_image(ip, self.bands)
+        mask = self.encoding.decode(read_mask(mp), mp)
+        if img.shape[-2:] != mask.shape:
+            raise DataError(f"image is {img.shape[-2:]} but its mask {mp.name} is {mask.shape}", path=ip)
+        if self.cache:
+            self._cache[i] = (img, mask)
+        return img, mask
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        i = idx % len(self.pairs)
+        img, mask = self.load(i)
+        if self.crop_size or self.augment:
+            rng = np.random.default_rng(None if self.augment else (self.seed, idx))
+            if self.crop_size:
+                img, mask = random_crop([img, mask], self.crop_size, rng, [0, self.encoding.ignore_index])
+            if self.augment:
+                img, mask = augment_flips([img, mask], rng)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            "path": str(self.pairs[i][0]),
+        }
+
+
+def default_palette(n: int) -> list[list[int]]:
+    """``n`` distinct display colours (index 0 dark grey), deterministic."""
+    rng = np.random.default_rng(12345)
+    base = [[64, 64, 64], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+            [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128]]
+    while len(base) < n:
+        base.append(rng.integers(0, 256, 3).tolist())
+    return base[:n]
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """``(H, W)`` class indices -> ``(H, W, 3)`` uint8 colours (ignore / out-of-range pixels black)."""
+    pal = np.asarray(palette, np.uint8).reshape(-1, 3)
+    m = np.asarray(mask).astype(np.int64)
+    valid = (m >= 0) & (m < len(pal)) & (m != ignore_index)
+    out = np.zeros(m.shape + (3,), np.uint8)
+    out[valid] = pal[m[valid]]
+    return out
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5,
+            ignore_index: int = 255) -> np.ndarray:
+    """Blend a colourised mask over an image ``(C, H, W)`` (first 3 bands, contrast-stretched) -> RGB uint8."""
+    img = np.asarray(image, np.float32)
+    if img.shape[0] < 3:
+        img = np.repeat(img[:1], 3, 0)
+    img = img[:3]
+    lo = np.percentile(img, 2, axis=(1, 2), keepdims=True)
+    hi = np.percentile(img, 98, axis=(1, 2), keepdims=True)
+    rgb = np.clip((img - lo) / np.maximum(hi - lo, 1e-6) * 255, 0, 255).transpose(1, 2, 0)
+    col = colorize(mask, palette, ignore_index).astype(np.float32)
+    valid = (np.asarray(mask) != ignore_index)[..., None]
+    out = np.where(valid, (1 - alpha) * rgb + alpha * col, rgb)
+    return out.astype(np.uint8)
