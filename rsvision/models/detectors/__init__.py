@@ -1,1 +1,5 @@
-"""detectors."""
+"""Detectors: backbone + neck + heads wired together (no file I/O here)."""
+from rsvision.models.detectors.builder import DEFAULT_CONFIG, build_oriented_rcnn, oriented_rcnn
+from rsvision.models.detectors.oriented_rcnn import OrientedRCNN
+
+__all__ = ["OrientedRCNN", "oriented_rcnn", "build_oriented_rcnn", "DEFAULT_CONFIG"]

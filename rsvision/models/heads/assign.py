@@ -166,7 +166,7 @@ class RandomSampler:
 
         assigned = assign_result.gt_inds[pos_inds] - 1
         if gt_bboxes.numel() == 0:
-            pos_gt = gt_bboxes.new_zeros((0, bboxes.shape[1]))
+            pos_gt = gt_bboxes.new_zeros((0, gt_bboxes.shape[-1]))
         else:
             pos_gt = gt_bboxes[assigned]
         pos_labels = assign_result.labels[pos_inds] if gt_labels is not None else None
