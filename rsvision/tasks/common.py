@@ -1,0 +1,349 @@
+"""Pieces every task's training shares: the Trainer, the run directory and reproducible resume.
+
+A *run directory* (CONVENTIONS) holds ``best.ckpt``, ``last.ckpt``, the fully resolved
+``config.yaml``, ``metrics.csv`` (Lightning's CSVLogger) and PNG curves plotted at the end.
+Every task builds its Trainer with :func:`build_trainer` from a :class:`TrainerOptions` (the
+``trainer:`` section of a task config) and trains with :func:`fit`, so runs look the same for
+classification, detection, segmentation and change detection::
+
+    opts = TrainerOptions(out="runs/x", max_epochs=20, max_time=25, monitor="val/acc", mode="max")
+    write_config(opts.out, full_config_dict)
+    trainer = build_trainer(opts)
+    fit(trainer, module, datamodule, opts)          # resumes from last.ckpt when opts.resume
+
+Why the seeding callback: Lightning restores weights, optimizer, scheduler, loop counters and
+callback state from ``last.ckpt`` but not the random streams. :class:`SeedEveryStep` re-seeds
+torch / numpy / random from ``(seed, epoch)`` at each epoch start and ``(seed, step)`` at each
+batch, so the sampler order, augmentations, mixup and dropout after ``--resume`` are those the
+uninterrupted run would have drawn: a killed run continues to the same result.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from rsvision.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BEST = "best.ckpt"
+LAST = "last.ckpt"
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+
+__all__ = [
+    "TrainerOptions", "parse_device", "parse_max_time", "build_trainer", "fit", "resume_path",
+    "write_config", "to_plain", "seed_all", "SeededRandomSampler", "SeedEveryStep", "PlotCurvesAtEnd", "set_threads",
+    "BEST", "LAST", "CONFIG", "METRICS",
+]
+
+
+@dataclass
+class TrainerOptions:
+    """The ``trainer:`` section shared by every task config (CLI overrides map onto it).
+
+    ``max_time`` is a hard wall-clock budget: minutes as a number, or ``"DD:HH:MM:SS"``; the
+    elapsed time is stored in ``last.ckpt`` so a resumed run keeps counting from there.
+    ``monitor``/``mode`` choose ``best.ckpt``. ``devices`` is the number of processes (or ``"auto"``)
+    and ``strategy`` any Lightning strategy (``"ddp"``, ``"ddp_spawn"``, ...); multi-node runs
+    add ``num_nodes`` through ``extra`` (a documented Lightning setting, untested here).
+    """
+
+    out: str = "runs/run"
+    max_epochs: int = 10
+    max_time: float | str | None = None
+    device: str = "auto"
+    devices: int | str | None = None
+    strategy: str = "auto"
+    precision: str = "32"
+    seed: int = 0
+    resume: bool = False
+    monitor: str = "val/loss"
+    mode: str = "min"
+    progress: str = "rich"  # rich | tqdm | none
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    threads: int | None = None  # torch intra-op threads (None: leave torch's default)
+    extra: dict[str, Any] = field(default_factory=dict)  # any other Trainer(**kwargs)
+
+
+def set_threads(n: int | None) -> None:
+    """Limit torch's CPU threads (shared machines, several concurrent runs)."""
+    if n:
+        torch.set_num_threads(int(n))
+        os.environ.setdefault("OMP_NUM_THREADS", str(int(n)))
+
+
+def parse_device(device: str) -> tuple[str, Any]:
+    """``auto|cpu|cuda|cuda:i|mps`` -> Lightning ``(accelerator, devices)``.
+
+    >>> parse_device("cuda:1")
+    ('gpu', [1])
+    >>> parse_device("cpu")
+    ('cpu', 'auto')
+    """
+    d = str(device or "auto").strip().lower()
+    if d == "auto":
+        return "auto", "auto"
+    if d == "cpu":
+        return "cpu", "auto"
+    if d in ("cuda", "gpu"):
+        return "gpu", "auto"
+    if d.startswith(("cuda:", "gpu:")):
+        try:
+            idx = [int(i) for i in d.split(":", 1)[1].split(",")]
+        except ValueError as exc:
+            raise ConfigError(f"bad device {device!r}: expected auto, cpu, cuda or cuda:<index>") from exc
+        return "gpu", idx
+    if d == "mps":
+        return "mps", "auto"
+    raise ConfigError(f"bad device {device!r}: expected auto, cpu, cuda or cuda:<index>")
+
+
+def parse_max_time(value: float | str | None) -> _dt.timedelta | None:
+    """Minutes (number or numeric string) or ``[[DD:]HH:]MM:SS`` -> timedelta (None: no limit)."""
+    if value is None or value == "" or value == 0:
+        return None
+    if isinstance(value, (int, float)):
+        return _dt.timedelta(minutes=float(value))
+    s = str(value).strip()
+    try:
+        return _dt.timedelta(minutes=float(s))
+    except ValueError:
+        pass
+    parts = s.split(":")
+    try:
+        nums = [float(p) for p in parts]
+    except ValueError as exc:
+        raise ConfigError(f"bad max_time {value!r}: minutes or DD:HH:MM:SS") from exc
+    nums = [0.0] * (4 - len(nums)) + nums
+    if len(nums) != 4:
+        raise ConfigError(f"bad max_time {value!r}: minutes or DD:HH:MM:SS")
+    d, h, m, sec = nums
+    return _dt.timedelta(days=d, hours=h, minutes=m, seconds=sec)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses / Paths / tuples / numpy scalars -> plain YAML- and ``weights_only``-safe types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def write_config(out: str | Path, config: Any, name: str = CONFIG) -> Path:
+    """Write the fully resolved config (dataclass or dict) as YAML into the run directory."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    if rank_zero_only.rank == 0:
+        with open(path, "w") as f:
+            yaml.safe_dump(to_plain(config), f, sort_keys=False)
+    return path
+
+
+def seed_all(*key: int) -> None:
+    """Seed python, numpy and torch from an integer key tuple (mixed through SeedSequence)."""
+    s = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+class SeededRandomSampler(torch.utils.data.Sampler[int]):
+    """Shuffling sampler whose order depends only on ``(seed, epoch)``: use it for training loaders.
+
+    When its iteration starts (the first batch of an epoch is fetched) it also re-seeds the global
+    RNGs from ``(seed, epoch)``, so the augmentations of the first batch match between an
+    uninterrupted run and a resumed one (later batches are covered by :class:`SeedEveryStep`).
+    Lightning calls :meth:`set_epoch` before every epoch. Exact resume holds for
+    ``num_workers=0``; with workers, resumed runs are statistically but not bitwise equal.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 7, self.epoch]).generate_state(1)[0]))
+        order = torch.randperm(self.num_samples, generator=g).tolist()
+        seed_all(self.seed, 8, self.epoch)
+        yield from order
+
+
+class SeedEveryStep(Callback):
+    """Re-seed python / numpy / torch at every epoch start and train batch (see module docstring)."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def _seed(self, trainer: L.Trainer, *key: int) -> None:
+        seed_all(self.seed, trainer.global_rank, *key)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._seed(trainer, 0, trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._seed(trainer, 1, trainer.global_step)
+
+
+class PlotCurvesAtEnd(Callback):
+    """At the end of ``fit`` (also after a time-budget stop) plot ``metrics.csv`` to PNG in the run dir."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module) -> None:
+        for lg in trainer.loggers:
+            lg.save()
+        csv_path = self.out / METRICS
+        if not csv_path.exists():
+            return
+        try:
+            from rsvision.viz.plots import plot_training_curves
+
+            plot_training_curves(csv_path, self.out)
+        except Exception as exc:  # a plot must never fail a finished training run
+            log.warning("could not plot %s: %s", csv_path, exc)
+
+
+class _AppendingCSVLogger(CSVLogger):
+    """CSVLogger writing straight into the run dir and *appending* to an existing metrics.csv.
+
+    Lightning's writer deletes a non-empty log dir's metrics.csv; on resume we keep the rows of
+    the epochs that ``last.ckpt`` contains (later rows, from the killed partial epoch, are dropped
+    by :func:`fit` before training restarts).
+    """
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+        class _Writer(ExperimentWriter):
+            def _check_log_dir_exists(self) -> None:
+                if os.path.isfile(self.metrics_file_path):
+                    with open(self.metrics_file_path, newline="") as f:
+                        header = next(csv.reader(f), [])
+                    self.metrics_keys = sorted(header)
+
+        os.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = _Writer(log_dir=self.log_dir)
+        return self._experiment
+
+
+def resume_path(opts: TrainerOptions) -> str | None:
+    """``out/last.ckpt`` when resuming and it exists; warns and starts afresh when it does not."""
+    if not opts.resume:
+        return None
+    p = Path(opts.out) / LAST
+    if p.exists():
+        return str(p)
+    log.warning("--resume: %s does not exist, starting a fresh run", p)
+    return None
+
+
+def _trim_metrics(out: Path, ckpt: str) -> None:
+    """Drop metrics.csv rows logged after the checkpoint (the partial epoch of a killed run)."""
+    csv_path = out / METRICS
+    if not csv_path.exists():
+        return
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    step = int(state.get("global_step", 0))
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("step", "") == "" or int(float(r["step"])) < step]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **overrides: Any) -> L.Trainer:
+    """A Lightning Trainer writing the standard run directory of ``opts.out``.
+
+    Adds: ModelCheckpoint (``best.ckpt`` on ``opts.monitor``, ``last.ckpt`` every epoch),
+    CSVLogger -> ``metrics.csv``, a rich (or tqdm / no) progress bar, the ``max_time`` budget,
+    :class:`SeedEveryStep` and :class:`PlotCurvesAtEnd`. ``overrides`` win over everything
+    (tests pass ``limit_train_batches`` etc.).
+    """
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    set_threads(opts.threads)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(opts.seed, workers=True, verbose=False)
+    accelerator, devices = parse_device(opts.device)
+    if opts.devices not in (None, "", "auto"):
+        devices = opts.devices
+    ckpt = ModelCheckpoint(
+        dirpath=str(out), filename="best", monitor=opts.monitor, mode=opts.mode, save_top_k=1,
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    ckpt.CHECKPOINT_NAME_LAST = "last"
+    cbs: list[Callback] = [ckpt, SeedEveryStep(opts.seed), PlotCurvesAtEnd(out), *callbacks]
+    progress = str(opts.progress).lower()
+    if progress == "rich":
+        cbs.append(RichProgressBar(leave=True))
+    elif progress == "tqdm":
+        cbs.append(TQDMProgressBar())
+    kwargs: dict[str, Any] = dict(
+        accelerator=accelerator, devices=devices, strategy=opts.strategy, precision=opts.precision,
+        max_epochs=opts.max_epochs, max_time=parse_max_time(opts.max_time),
+        logger=_AppendingCSVLogger(save_dir=str(out), name="", version=""),
+        callbacks=cbs, default_root_dir=str(out), log_every_n_steps=opts.log_every_n_steps,
+        gradient_clip_val=opts.gradient_clip_val, accumulate_grad_batches=opts.accumulate_grad_batches,
+        enable_progress_bar=progress != "none", enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    kwargs.update(opts.extra or {})
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule | None = None,
+        opts: TrainerOptions | None = None, **fit_kwargs: Any) -> str | None:
+    """``trainer.fit`` resuming from ``last.ckpt`` when ``opts.resume``; returns the best checkpoint path."""
+    ckpt = resume_path(opts) if opts is not None else None
+    if ckpt is not None and trainer.is_global_zero:
+        _trim_metrics(Path(opts.out), ckpt)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, **fit_kwargs)
+    cb = trainer.checkpoint_callback
+    return getattr(cb, "best_model_path", None) or None
