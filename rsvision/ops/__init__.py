@@ -6,6 +6,9 @@ mmcv 1.7.2 (see ``tests/ops`` and ``../shared/golden/rotated_ops_golden.pt``).
 """
 from .boxes import VERSIONS, hbb2obb, norm_angle, obb2hbb, obb2poly, obb2xyxy, poly2obb
 from .coders import DeltaXYWHAOBBoxCoder, MidpointOffsetCoder
+from .iou import box_iou_rotated, rbbox_overlaps, rotated_intersection_area
+from .nms import batched_nms_rotated, multiclass_nms_rotated, nms_rotated
+from .roi_align_rotated import RoIAlignRotated, roi_align_rotated
 
 __all__ = [
     "VERSIONS",
@@ -15,17 +18,14 @@ __all__ = [
     "obb2xyxy",
     "obb2hbb",
     "hbb2obb",
-    "DeltaXYWHAOBBoxCoder",
-    "MidpointOffsetCoder",
-]
-from .iou import box_iou_rotated, rbbox_overlaps, rotated_intersection_area  # noqa: E402
-from .nms import batched_nms_rotated, multiclass_nms_rotated, nms_rotated  # noqa: E402
-
-__all__ += [
     "box_iou_rotated",
     "rbbox_overlaps",
     "rotated_intersection_area",
     "nms_rotated",
     "batched_nms_rotated",
     "multiclass_nms_rotated",
+    "roi_align_rotated",
+    "RoIAlignRotated",
+    "DeltaXYWHAOBBoxCoder",
+    "MidpointOffsetCoder",
 ]
