@@ -10,8 +10,9 @@ in chunks, so memory stays bounded. CPU and CUDA, float32 and float64, any angle
 Semantics (mmcv 1.7.2): areas are ``w * h``; a pair with either area below ``1e-14`` (zero-width or
 negative-size boxes) has IoU 0; both centres are shifted by their midpoint before clipping (float32
 accuracy for large coordinates); ``iof`` divides by the area of the box from ``boxes1``; touching
-boxes give 0; NaN in a box gives NaN for its pairs. ``clockwise=False`` flips the angle signs, which
-cannot change an IoU (a reflection of both boxes) and exists for interface parity.
+boxes give 0; NaN in a box gives NaN for its pairs. ``clockwise=True`` (default) reads angles in
+rsvision's / MMRotate's sense (positive turns +x towards +y); ``clockwise=False`` negates both boxes'
+angles first, as mmcv does, for boxes whose angles turn the other way.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def box_iou_rotated(
         boxes2: ``(M, 5)`` boxes (``M == N`` when ``aligned``).
         mode: ``"iou"`` or ``"iof"`` (intersection over the area of ``boxes1``).
         aligned: pairwise ``(N,)`` instead of the ``(N, M)`` matrix.
-        clockwise: angle sense (see module docstring; it does not change the result).
+        clockwise: ``False`` negates all angles first (counter-clockwise angle convention).
 
     Returns:
         ``(N, M)`` or ``(N,)`` in the dtype of ``boxes1``.
