@@ -1,0 +1,441 @@
+"""Fast LSKNet / HAKSNet: the same function as the plain backbones, computed with fewer passes.
+
+The plain modules (``rsvision.models.backbones``) stay the reference. This module rewrites a
+*copy* of a model for speed; the tests prove equality on the golden weights.
+
+Inference (``optimize_for_inference``), in eval semantics:
+
+- Every BatchNorm becomes an affine map and is folded where that is exact: into the stem /
+  downsampling convs (BN after the conv), into LSKNet's ``proj_1`` and ``fc1`` (1x1 convs, no
+  padding between BN and conv). HAKSNet's pre-norms feed zero-padded depthwise convs (spatial
+  branch, partial conv); a fold there would be wrong on the border pixels (the pad would hold
+  BN(0) = shift instead of 0), so there BN is applied as one explicit ``x * scale + shift``.
+- Layer scales are folded into the last conv of each branch (``proj_2``, ``fc2``, ``linear2``,
+  the second cfam conv), and the attention's inner ``+ u`` (u = BN(x)) into the residual:
+  ``x + ls * u = (1 + ls * scale) * x + ls * shift``.
+- Channels-last activations; on CPU float32, oneDNN convolutions with fused epilogues (GELU,
+  sigmoid, ``* other``, in-place ``+ residual``) through ``torch.ops.mkldnn._convolution_pointwise``.
+- LSKNet's 7x7 dilation-3 depthwise conv takes a slow CPU kernel. A dilation-d conv only
+  combines pixels in the same (row mod d, column mod d) phase, so it equals an *undilated* 7x7
+  conv on each of the d*d phase sub-images (the pad of 9 becomes 3). We gather the 9 phases into
+  a batch, run the fast undilated kernel, and scatter back (exact; any size, incl. H % 3 != 0).
+- CUDA, ONNX export / tracing / torch.compile and non-float32 inputs take plain aten ops (same
+  folded weights), so the module exports to ONNX with standard ``Conv`` nodes.
+
+Training (``optimize_for_training``): BatchNorm must keep batch statistics, so nothing is
+folded; the module keeps its parameters and state-dict keys and only gets channels-last
+memory and the phase form of the dilated conv, which autograd differentiates as usual.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rsvision.models.backbones._pyramid import Block, OverlapPatchEmbed, PyramidBackbone
+from rsvision.models.backbones.haksnet import HAKSAttention, PartialConvMlp
+from rsvision.models.backbones.lsknet import LSKAttention, Mlp
+
+__all__ = [
+    "optimize_for_inference",
+    "optimize_for_training",
+    "dilated_depthwise_conv",
+    "PhaseDilatedConv2d",
+    "benchmark_table",
+]
+
+_CL = torch.channels_last
+
+
+# --------------------------------------------------------------------------------------------
+# Low-level ops
+# --------------------------------------------------------------------------------------------
+def _tracing() -> bool:
+    """True while exporting / tracing / compiling: use only standard aten ops then."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _probe_mkldnn() -> bool:
+    try:
+        x = torch.randn(1, 2, 3, 3).contiguous(memory_format=_CL)
+        w = torch.randn(2, 1, 3, 3)
+        y = torch.ops.mkldnn._convolution_pointwise(x, w, None, [1, 1], [1, 1], [1, 1], 2, "gelu", [], "none")
+        return bool(torch.allclose(y, F.gelu(F.conv2d(x, w, None, 1, 1, 1, 2)), atol=1e-5))
+    except Exception:  # op missing on this build
+        return False
+
+
+_MKLDNN: Optional[bool] = None
+
+
+def _use_mkldnn(x: torch.Tensor) -> bool:
+    """oneDNN fused convs: CPU float32 inference only (they have no autograd formula)."""
+    global _MKLDNN
+    if x.device.type != "cpu" or x.dtype != torch.float32 or _tracing():
+        return False
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    if _MKLDNN is None:
+        _MKLDNN = torch.backends.mkldnn.is_available() and _probe_mkldnn()
+    return _MKLDNN
+
+
+def dilated_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int
+) -> torch.Tensor:
+    """'Same'-padded depthwise conv with dilation ``d``, as an undilated conv on ``d*d`` phases.
+
+    x: (B, C, H, W), weight: (C, 1, k, k) with k odd; padding ``d * (k // 2)``, stride 1.
+    Output pixel (h, w) only reads pixels with the same (h mod d, w mod d), so each phase
+    sub-image ``x[:, :, i::d, j::d]`` is convolved alone with the undilated kernel and pad k//2.
+    Phases are zero-filled up to ``ceil(H/d)`` rows: those rows stand for the original zero pad.
+    Exact for every H, W. Returns channels-last (B, C, H, W).
+    """
+    B, C, H, W = x.shape
+    d, k = dilation, weight.shape[-1]
+    Hd, Wd = -(-H // d), -(-W // d)
+    xh = x.permute(0, 2, 3, 1)  # (B, H, W, C) view; contiguous when x is channels-last
+    if H % d == 0 and W % d == 0:
+        ph = xh.reshape(B, Hd, d, Wd, d, C).permute(0, 2, 4, 1, 3, 5).reshape(B * d * d, Hd, Wd, C)
+    else:
+        ph = x.new_zeros(B, d, d, Hd, Wd, C)
+        for i in range(d):
+            for j in range(d):
+                src = xh[:, i::d, j::d]
+                ph[:, i, j, : src.shape[1], : src.shape[2]] = src
+        ph = ph.view(B * d * d, Hd, Wd, C)
+    y = F.conv2d(ph.permute(0, 3, 1, 2), weight, bias, padding=k // 2, groups=C)
+    yh = y.permute(0, 2, 3, 1).reshape(B, d, d, Hd, Wd, C)
+    if H % d == 0 and W % d == 0:
+        out = yh.permute(0, 3, 1, 4, 2, 5).reshape(B, H, W, C)
+    else:
+        out = x.new_empty(B, H, W, C)
+        for i in range(d):
+            for j in range(d):
+                dst = out[:, i::d, j::d]
+                dst.copy_(yh[:, i, j, : dst.shape[1], : dst.shape[2]])
+    return out.permute(0, 3, 1, 2)
+
+
+class PhaseDilatedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and keys) whose dilated depthwise CPU path uses phases."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and not _tracing():
+            return dilated_depthwise_conv(x, self.weight, self.bias, self.dilation[0])
+        return super().forward(x)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "PhaseDilatedConv2d":
+        k, d = conv.kernel_size[0], conv.dilation[0]
+        ok = (
+            conv.kernel_size[0] == conv.kernel_size[1] and k % 2 == 1 and conv.dilation == (d, d)
+            and conv.padding == (d * (k // 2),) * 2 and conv.stride == (1, 1)
+            and conv.groups == conv.in_channels == conv.out_channels and conv.padding_mode == "zeros"
+        )
+        if not ok:
+            raise ValueError(f"not a 'same' depthwise dilated conv: {conv}")
+        new = cls.__new__(cls)
+        new.__dict__ = conv.__dict__.copy()  # shares the Parameters (same keys, same tensors)
+        new._parameters = conv._parameters
+        return new
+
+
+class _Conv(nn.Module):
+    """A conv with constant (folded) weights and an optional fused epilogue.
+
+    ``act``: None | "gelu" | "sigmoid". ``forward(x, other, op)``: ``op`` "mul" returns
+    ``conv(x) * other``; "add_" adds ``conv(x)`` into ``other`` in place and returns it.
+    """
+
+    def __init__(self, weight, bias, padding=0, stride=1, groups=1, act=None, dilation=1):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone().float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float().contiguous())
+        self.padding, self.stride, self.groups, self.act, self.dilation = padding, stride, groups, act, dilation
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, scale=None, shift=None, out_scale=None, out_shift=None, act=None):
+        """Fold ``conv(x * scale + shift)`` (1x1 only) and ``out_scale * conv(.) + out_shift``."""
+        w = conv.weight.detach().double()
+        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+        if scale is not None:
+            assert conv.kernel_size == (1, 1) and conv.groups == 1, "input fold only exact for 1x1 convs"
+            b = b + w[:, :, 0, 0] @ shift.double()
+            w = w * scale.double()[None, :, None, None]
+        if out_scale is not None:
+            w = w * out_scale.double()[:, None, None, None]
+            b = b * out_scale.double()
+        if out_shift is not None:
+            b = b + out_shift.double()
+        return cls(w, b, conv.padding[0], conv.stride[0], conv.groups, act, conv.dilation[0])
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None, op: Optional[str] = None):
+        p, s, dl = [self.padding] * 2, [self.stride] * 2, [self.dilation] * 2
+        if _use_mkldnn(x) and x.is_contiguous(memory_format=_CL):
+            if op is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self.weight, self.bias, p, s, dl, self.groups, self.act or "none", [], "none" if self.act == "gelu" else None
+                )
+            assert self.act is None and other.is_contiguous(memory_format=_CL)
+            if op == "add_":
+                return torch.ops.mkldnn._convolution_pointwise_.binary(
+                    other, x, self.weight, self.bias, p, s, dl, self.groups, "add", None, None, [], None
+                )
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other, self.weight, self.bias, p, s, dl, self.groups, "mul", None, None, [], None
+            )
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.act == "gelu":
+            y = F.gelu(y)
+        elif self.act == "sigmoid":
+            y = y.sigmoid()
+        if op == "add_":
+            return other.add_(y) if not _tracing() else other + y
+        if op == "mul":
+            return y * other
+        return y
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``x * scale + shift`` (float64)."""
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+    return scale, shift
+
+
+def _chan(v: torch.Tensor) -> torch.Tensor:
+    return v.float().reshape(1, -1, 1, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Fast (inference-only) modules
+# --------------------------------------------------------------------------------------------
+class _InferenceOnly(nn.Module):
+    def _check(self):
+        if self.training:
+            raise RuntimeError(
+                "optimize_for_inference modules compute the eval-mode function (BatchNorm folded); "
+                "call .eval(), or use optimize_for_training for training"
+            )
+
+
+class FastPatchEmbed(_InferenceOnly):
+    """Strided conv with the BatchNorm folded in; switches activations to channels-last."""
+
+    def __init__(self, pe: OverlapPatchEmbed):
+        super().__init__()
+        scale, shift = _bn_affine(pe.norm)
+        self.conv = _Conv.from_conv(pe.proj, out_scale=scale, out_shift=shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check()
+        return self.conv(x.contiguous(memory_format=_CL))
+
+
+class FastLSKBlock(_InferenceOnly):
+    """LSKNet ``Block`` in eval semantics (see the module docstring for the folds)."""
+
+    def __init__(self, blk: Block):
+        super().__init__()
+        at, lsk, mlp = blk.attn, blk.attn.spatial_gating_unit, blk.mlp
+        s1, t1 = _bn_affine(blk.norm1)
+        s2, t2 = _bn_affine(blk.norm2)
+        ls1, ls2 = blk.layer_scale_1.detach().double(), blk.layer_scale_2.detach().double()
+        self.proj_1 = _Conv.from_conv(at.proj_1, s1, t1, act="gelu")  # 1x1 after BN: exact
+        self.conv0 = _Conv.from_conv(lsk.conv0)
+        self.register_buffer("spatial_w", lsk.conv_spatial.weight.detach().clone())
+        self.register_buffer("spatial_b", lsk.conv_spatial.bias.detach().clone())
+        self.dilation = lsk.conv_spatial.dilation[0]
+        self.conv1, self.conv2 = _Conv.from_conv(lsk.conv1), _Conv.from_conv(lsk.conv2)
+        self.squeeze = _Conv.from_conv(lsk.conv_squeeze, act="sigmoid")
+        self.conv = _Conv.from_conv(lsk.conv)
+        # x + ls1 * (proj_2(z) + u), u = s1 x + t1  ==  r1 x + c1 + proj_2'(z)
+        self.proj_2 = _Conv.from_conv(at.proj_2, out_scale=ls1)
+        self.register_buffer("r1", _chan(1 + ls1 * s1))
+        self.register_buffer("c1", _chan(ls1 * t1))
+        self.fc1 = _Conv.from_conv(mlp.fc1, s2, t2)  # 1x1 after BN: exact
+        self.dwconv = _Conv.from_conv(mlp.dwconv.dwconv, act="gelu")
+        self.fc2 = _Conv.from_conv(mlp.fc2, out_scale=ls2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check()
+        h = self.proj_1(x)
+        a0 = self.conv0(h)
+        if a0.device.type == "cpu" and not _tracing():
+            b0 = dilated_depthwise_conv(a0, self.spatial_w, self.spatial_b, self.dilation)
+        else:
+            p = self.dilation * (self.spatial_w.shape[-1] // 2)
+            b0 = F.conv2d(a0, self.spatial_w, self.spatial_b, padding=p, dilation=self.dilation, groups=a0.shape[1])
+        a, b = self.conv1(a0), self.conv2(b0)
+        # mean / max over the channels of cat([a, b]) without building the concatenation
+        mean = (a.sum(1, keepdim=True) + b.sum(1, keepdim=True)) / (a.shape[1] + b.shape[1])
+        mx = torch.maximum(a.amax(1, keepdim=True), b.amax(1, keepdim=True))
+        s = self.squeeze(torch.cat([mean, mx], dim=1).contiguous(memory_format=_CL))
+        m = a * s[:, 0:1]
+        m = m.addcmul_(b, s[:, 1:2]) if not _tracing() else m + b * s[:, 1:2]
+        z = self.conv(m, h, "mul")  # conv(m) * h
+        acc = torch.addcmul(self.c1, x, self.r1)
+        acc = self.proj_2(z, acc, "add_")
+        return self.fc2(self.dwconv(self.fc1(acc)), acc, "add_")
+
+
+class FastHAKSBlock(_InferenceOnly):
+    """HAKSNet ``Block`` in eval semantics. BN stays explicit before zero-padded convs."""
+
+    def __init__(self, blk: Block):
+        super().__init__()
+        sm, cm, mlp = blk.attn.spatial_mix, blk.attn.channe_mix, blk.mlp
+        s1, t1 = _bn_affine(blk.norm1)
+        s2, t2 = _bn_affine(blk.norm2)
+        ls1, ls2 = blk.layer_scale_1.detach().double(), blk.layer_scale_2.detach().double()
+        self.register_buffer("s1", _chan(s1))
+        self.register_buffer("t1", _chan(t1))
+        self.register_buffer("s2", _chan(s2))
+        self.register_buffer("t2", _chan(t2))
+        self.register_buffer("ls1", _chan(ls1))
+        self.dws = nn.ModuleList(_Conv.from_conv(c) for c in (sm.dw_conv3, sm.dw_conv5, sm.dw_conv7, sm.dw_conv9))
+        self.fusion = _Conv.from_conv(sm.spatial_fusion, act="sigmoid")
+        self.kernel_attn = copy.deepcopy(sm.kernel_attn)
+        self.channel_fc = copy.deepcopy(cm.channel_attention.fc)
+        self.cfam1 = _Conv.from_conv(cm.cfam[0], act="gelu")
+        self.cfam2 = _Conv.from_conv(cm.cfam[2], out_scale=ls1)  # depthwise: per-channel scale is exact
+        # x + ls1 * u = r1 x + c1
+        self.register_buffer("r1", _chan(1 + ls1 * s1))
+        self.register_buffer("c1", _chan(ls1 * t1))
+        self.dim_conv = mlp.dim_conv
+        self.partial = _Conv.from_conv(mlp.partial_conv3)
+        hidden = mlp.dwconv.in_channels
+        w1, b1 = mlp.linear1.weight.detach(), mlp.linear1.bias.detach()
+        self.lin1a = _Conv(w1[:hidden], b1[:hidden])  # h1 and h2 as two contiguous outputs
+        self.lin1b = _Conv(w1[hidden:], b1[hidden:])
+        self.dwconv = _Conv.from_conv(mlp.dwconv)
+        self.linear2 = _Conv.from_conv(mlp.linear2, out_scale=ls2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check()
+        tr = _tracing()
+        u = torch.addcmul(self.t1, x, self.s1)  # BN1, explicit: dw convs below zero-pad u
+        us, v = [], u
+        for conv in self.dws:
+            v = conv(v)
+            us.append(v)
+        a_s = self.fusion(torch.cat([t.mean(1, keepdim=True) for t in us], 1).contiguous(memory_format=_CL))
+        a_k = self.kernel_attn(torch.cat([t.mean((2, 3), keepdim=True) for t in us], 1)).softmax(1)
+        w = a_s * a_k
+        mix = us[0] * w[:, 0:1]
+        for i in (1, 2, 3):
+            mix = mix + us[i] * w[:, i : i + 1] if tr else mix.addcmul_(us[i], w[:, i : i + 1])
+        g = self.channel_fc(u.mean((2, 3), keepdim=True)).sigmoid()
+        c = self.cfam1(u * g * u)  # channel attention, times u again (as trained)
+        acc = torch.addcmul(self.c1, x, self.r1)
+        acc = acc + mix * u * self.ls1 if tr else acc.addcmul_(mix.mul_(u), self.ls1)
+        acc = self.cfam2(c, acc, "add_")
+        # MLP: BN2 explicit (the partial 3x3 conv zero-pads), partial conv on the first C/4
+        z = torch.addcmul(self.t2, acc, self.s2)
+        if tr:
+            z = torch.cat([self.partial(z[:, : self.dim_conv]), z[:, self.dim_conv :]], 1)
+        else:
+            z[:, : self.dim_conv] = self.partial(z[:, : self.dim_conv].contiguous(memory_format=_CL))
+        d = self.dwconv(self.lin1a(z), self.lin1b(z), "mul")
+        return self.linear2(d, acc, "add_")
+
+
+def _backbones(model: nn.Module) -> list[PyramidBackbone]:
+    found = [m for m in model.modules() if isinstance(m, PyramidBackbone)]
+    if not found:
+        raise TypeError(f"no LSKNet / HAKSNet backbone found in {type(model).__name__}")
+    return found
+
+
+def optimize_for_inference(model: nn.Module) -> nn.Module:
+    """A new, faster eval-mode module computing the same function as ``model.eval()``.
+
+    Works on ``LSKNet`` / ``HAKSNet`` backbones and on modules containing them (timm's
+    ``features_only`` FeatureGetterNet, classifiers, detectors). ``model`` is not modified.
+    The result is inference-only (BatchNorm is folded; parameters become buffers without grad).
+    Stage outputs come out in channels-last memory (same values and shapes).
+    """
+    new = copy.deepcopy(model).eval()
+    for bb in _backbones(new):
+        for i in range(bb.num_stages):
+            setattr(bb, f"patch_embed{i + 1}", FastPatchEmbed(getattr(bb, f"patch_embed{i + 1}")))
+            blocks = getattr(bb, f"block{i + 1}")
+            for j, blk in enumerate(blocks):
+                if isinstance(blk.attn, LSKAttention) and isinstance(blk.mlp, Mlp):
+                    blocks[j] = FastLSKBlock(blk)
+                elif isinstance(blk.attn, HAKSAttention) and isinstance(blk.mlp, PartialConvMlp):
+                    blocks[j] = FastHAKSBlock(blk)
+                else:
+                    raise TypeError(f"unsupported block {type(blk.attn).__name__} / {type(blk.mlp).__name__}")
+    for p in new.parameters():
+        p.requires_grad_(False)
+    return new.eval()
+
+
+def optimize_for_training(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The same trainable model (same parameters and state-dict keys), faster on CPU.
+
+    BatchNorm keeps batch statistics and running-stat updates; nothing is folded. Changes:
+    channels-last memory format, and LSKNet's dilated depthwise conv runs as a
+    ``PhaseDilatedConv2d``. Feed channels-last inputs (``x.contiguous(memory_format=
+    torch.channels_last)``) to avoid a conversion. With ``inplace`` the given model is changed
+    (parameters stay the same objects, so an existing optimizer keeps working).
+    """
+    new = model if inplace else copy.deepcopy(model)
+    for bb in _backbones(new):
+        for m in bb.modules():
+            if isinstance(m, LSKAttention):
+                sgu = m.spatial_gating_unit
+                if not isinstance(sgu.conv_spatial, PhaseDilatedConv2d):
+                    sgu.conv_spatial = PhaseDilatedConv2d.from_conv(sgu.conv_spatial)
+    return new.to(memory_format=_CL)
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark table (``rsvision models --bench``)
+# --------------------------------------------------------------------------------------------
+def _time(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def benchmark_table(
+    names: Sequence[str], size: int = 1024, device: str = "cpu", in_chans: int = 3, repeats: int = 3, batch: int = 1
+):
+    """rich Table of forward images/s, plain vs ``optimize_for_inference``, eval, random weights.
+
+    Plain and fast runs alternate (median of ``repeats``) so that a shared machine's load hits
+    both alike.
+    """
+    import timm
+    from rich.table import Table
+
+    dev = torch.device(device)
+    table = Table(title=f"forward images/s at {batch}x{in_chans}x{size}x{size} on {dev} (median of {repeats})")
+    for col in ("model", "plain img/s", "fast img/s", "speed-up", "max |diff|"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    x = torch.randn(batch, in_chans, size, size, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for name in names:
+        plain = timm.create_model(name, num_classes=0, in_chans=in_chans).to(dev).eval()
+        fast = optimize_for_inference(plain)
+        with torch.inference_mode():
+            yp, yf = plain.forward_features(x), fast.forward_features(x)  # warm-up + check
+            diff = (yp - yf).abs().max().item()
+            tp, tf = [], []
+            for _ in range(repeats):
+                tp += _time(lambda: (plain.forward_features(x), sync()), 1)
+                tf += _time(lambda: (fast.forward_features(x), sync()), 1)
+        mp, mf = statistics.median(tp), statistics.median(tf)
+        table.add_row(name, f"{batch / mp:.2f}", f"{batch / mf:.2f}", f"{mp / mf:.2f}x", f"{diff:.1e}")
+    return table
