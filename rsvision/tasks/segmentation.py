@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "SlidingConfig", "SegmentConfig", "DenseTask",
-    "SegmentationTask", "SegmentationDataModule", "train", "evaluate", "predict_file", "load_task",
+    "SegmentationTask", "SegmentationDataModule", "train", "evaluate", "predict_file", "load_task", "eval_dataset",
 ]
 
 
@@ -322,8 +322,22 @@ def train(cfg: SegmentConfig, **trainer_overrides: Any) -> dict:
     dm = SegmentationDataModule(cfg.data, cfg.trainer.seed)
     mean, std = dm.band_stats()
     enc = dm.encoding
-    task = SegmentationTask(**_task_kwargs(cfg, enc.classes, enc.palette, mean, std))
+    task = SegmentationTask(**_task_kwargs(cfg, enc.classes, enc.palette, mean, std), extra={"mask": enc.as_dict()})
     return run_training(cfg, task, dm, **trainer_overrides)
+
+
+def eval_dataset(root, task: "SegmentationTask", mask: Any = None, images: str = "images", masks: str = "masks") -> SegmentationDataset:
+    """Whole-image dataset under ``root`` (folder or list) decoded with the checkpoint's mask encoding.
+
+    ``mask`` (a preset name or encoding dict) overrides the stored encoding, e.g. to evaluate a
+    LoveDA-trained model on tiles saved with another encoding of the same classes.
+    """
+    stored = (task.hparams.get("extra") or {}).get("mask")
+    enc = get_encoding(mask if mask is not None else stored, None if mask is not None else task.classes, task.ignore_index)
+    if enc.classes != task.classes:
+        raise ConfigError(f"mask encoding has classes {enc.classes}, the checkpoint {task.classes}")
+    pairs = [p for r in _as_list(root) for p in find_pairs(r, images, masks)]
+    return SegmentationDataset(pairs, enc, None, False, task.hparams.get("bands"), cache=False)
 
 
 def load_task(path: str | Path, device: str = "cpu") -> DenseTask:
