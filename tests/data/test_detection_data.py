@@ -110,5 +110,6 @@ def test_collate_pads_to_32():
     assert images.shape == (2, 3, 64, 96)
     assert images[0, :, 50:].abs().sum() == 0 and images[1, :, :, 33:].abs().sum() == 0
     assert targets[1]["boxes"].shape == (2, 5) and targets[0]["labels"].dtype == torch.int64
+    assert targets[0]["image_size"] == (50, 70)
     assert metas[0]["shape"] == (50, 70) and metas[1]["name"] == "b"
     assert pad_to_multiple([torch.zeros(1, 32, 32)]).shape == (1, 1, 32, 32)

@@ -81,6 +81,8 @@ def sample_objects(
             else:
                 angle = float(rng.uniform(-math.pi / 2, math.pi / 2))
             r = 0.5 * math.hypot(w, h)
+            if 2 * (r + margin) >= min(width, height):  # too big for this image: draw again
+                continue
             same = [o for o in objs if o.name == name]
             if same and rng.random() < 0.5:
                 ref = same[int(rng.integers(len(same)))]

@@ -1,0 +1,149 @@
+"""``rsvision detect train|eval|predict``: rotated object detection (Oriented R-CNN).
+
+A thin layer: configuration and printing here, everything else in :mod:`rsvision.tasks.detection`
+(training) and :mod:`rsvision.tasks.predict_scene` (whole-scene prediction and evaluation).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rsvision.cli._common import (
+    BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, ImgSizeOpt, InputsArg, JsonOpt, ModelOpt,
+    OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, console, expand_inputs,
+    load_config, train_overrides, write_json,
+)
+
+app = typer.Typer(help="Rotated object detection (Oriented R-CNN on LSKNet / HAKSNet / timm backbones).",
+                  no_args_is_help=True)
+
+WindowOpt = Annotated[Optional[int], typer.Option("--window", help="Window size in pixels (default: checkpoint img size).")]
+OverlapOpt = Annotated[int, typer.Option("--overlap", help="Window overlap in pixels.")]
+ScalesOpt = Annotated[Optional[list[float]], typer.Option("--scale", help="Test rate; repeat for multi-scale (0.5 1.0 1.5).")]
+NmsOpt = Annotated[float, typer.Option("--nms-iou", help="Per-class rotated NMS IoU for merging windows.")]
+PredBatchOpt = Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")]
+DevOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:<i> | auto.")]
+
+
+def _device(d: str) -> str:
+    import torch
+
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return d
+
+
+def _load(checkpoint: Path, device: str):
+    from rsvision.tasks.detection import load_detector
+
+    model, hp = load_detector(checkpoint)
+    return model.to(_device(device)), hp
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
+    epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+    pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
+    seed: SeedOpt = None, set_: SetOpt = None,
+) -> None:
+    """Train a rotated detector (resumable with --resume); writes best.ckpt / last.ckpt / metrics to --out."""
+    from rsvision.tasks.detection import DetectConfig, train as train_fn
+
+    cfg = load_config(config, DetectConfig, train_overrides(**locals()))
+    console.print(f"training [bold]{cfg.model.type}[/] ({cfg.model.name}) -> {cfg.trainer.out}")
+    best = train_fn(cfg)
+    console.print(f"best checkpoint: [bold]{best}[/]")
+
+
+def print_detect_metrics(res: dict, title: str = "DOTA evaluation") -> None:
+    """Per-class AP table and mAP (fractions shown as percent)."""
+    from rich.table import Table
+
+    t = Table(title=f"{title} ({res.get('metric')}, IoU > {res.get('iou_thr')})")
+    t.add_column("class")
+    t.add_column("AP (%)", justify="right")
+    t.add_column("GT", justify="right")
+    for c, ap in res["AP"].items():
+        t.add_row(c, "-" if ap is None else f"{100 * ap:.2f}", str(res.get("num_gt", {}).get(c, "")))
+    t.add_row("[bold]mAP[/]", f"[bold]{100 * res['mAP']:.2f}[/]", "")
+    console.print(t)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: CheckpointOpt,
+    img_dir: Annotated[Optional[Path], typer.Option("--img-dir", help="Full-size images.")] = None,
+    ann_dir: Annotated[Optional[Path], typer.Option("--ann-dir", help="DOTA labelTxt folder.")] = None,
+    data: DataOpt = None,
+    json_out: JsonOpt = None,
+    dets: Annotated[Optional[Path], typer.Option("--dets", help="Keep the merged Task1 files here.")] = None,
+    window: WindowOpt = None, overlap: OverlapOpt = 200, scale: ScalesOpt = None, nms_iou: NmsOpt = 0.1,
+    iou_thr: Annotated[float, typer.Option("--iou-thr")] = 0.5,
+    metric: Annotated[str, typer.Option("--metric", help="voc07 | voc12")] = "voc07",
+    batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
+) -> None:
+    """Score merged full-image detections with the DOTA evaluator (like the DOTA server)."""
+    from rsvision.data.detection import find_ann_dir
+    from rsvision.errors import ConfigError
+    from rsvision.tasks.predict_scene import evaluate_folder
+
+    if data is not None:
+        img_dir = img_dir or data / "images"
+        ann_dir = ann_dir or find_ann_dir(data)
+    if img_dir is None or ann_dir is None:
+        raise ConfigError("detect eval needs --img-dir and --ann-dir (or --data DIR with images/ and labelTxt/)")
+    model, hp = _load(checkpoint, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = evaluate_folder(model, hp, img_dir, ann_dir, dets or tmp, window or int(hp.get("img_size", 1024)), overlap,
+                              batch_size, scale or [1.0], nms_iou, iou_thr, metric, progress=True)
+    print_detect_metrics(res)
+    if json_out is not None:
+        write_json(res, json_out)
+        console.print(f"metrics written to [bold]{json_out}[/]")
+
+
+@app.command()
+def predict(
+    checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None,
+    window: WindowOpt = None, overlap: OverlapOpt = 200, scale: ScalesOpt = None, nms_iou: NmsOpt = 0.1,
+    score_thr: Annotated[float, typer.Option("--score-thr", help="Drop detections below this score.")] = 0.3,
+    batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
+    geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
+) -> None:
+    """Detect on images or rasters of any size; writes Task1 files, PNGs and GeoJSON to --out."""
+    from rich.table import Table
+
+    from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
+
+    files = expand_inputs(inputs)
+    out = out or Path("predictions")
+    for old in out.glob("Task1_*.txt"):
+        old.unlink()
+    model, hp = _load(checkpoint, device)
+    classes = list(hp["class_names"])
+    t = Table(title=f"detections (score >= {score_thr})")
+    t.add_column("image")
+    t.add_column("size", justify="right")
+    t.add_column("objects", justify="right")
+    t.add_column("per class")
+    for f in files:
+        det = predict_scene(model, f, hp["mean"], hp["std"], classes, window or int(hp.get("img_size", 1024)), overlap,
+                            batch_size, scale or [1.0], nms_iou, score_thr, progress=True)
+        written = write_scene_outputs(det, out, f.stem, png=png, geojson=geojson)
+        counts = {c: int((det.labels == i).sum()) for i, c in enumerate(classes)}
+        t.add_row(f.name, f"{det.width}x{det.height}", str(len(det.scores)),
+                  ", ".join(f"{c} {n}" for c, n in counts.items() if n))
+        for kind, p in written.items():
+            if kind != "task1":
+                console.print(f"  {kind}: {p}")
+    console.print(t)
+    console.print(f"Task1 files in [bold]{out}[/]")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="detect")

@@ -1,0 +1,268 @@
+"""Whole-scene rotated detection: the one function that ``detect predict``, ``detect eval``, the demo
+and Python users call.
+
+Windows come from the shared tiler (:func:`rsvision.data.tiling.sliding_windows`) and are read
+lazily (rasterio windows through :mod:`rsvision.tasks.sliding` sources), so a raster far larger
+than memory is processed window by window; per window the model sees a normalised, 32-padded
+batch; boxes are shifted back to scene pixels and merged with per-class rotated NMS (DOTA's
+merge rule, IoU 0.1). Multi-scale testing runs the same windows on the image resampled by each
+rate (0.5 / 1.0 / 1.5 as published) and merges everything together.
+
+Outputs for a scene (:func:`write_scene_outputs`): DOTA Task1 files, a PNG with the boxes drawn
+per class (on a downscaled overview for big scenes) and, for georeferenced rasters, GeoJSON
+polygons in the raster's CRS.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rsvision.data.tiling import Window, batched, sliding_windows
+from rsvision.errors import BandMismatchError
+
+__all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview", "evaluate_folder"]
+
+
+@dataclass
+class SceneDetections:
+    """Merged detections of one scene, in scene pixels (le90)."""
+
+    boxes: torch.Tensor  # (K, 5) float32
+    scores: torch.Tensor  # (K,)
+    labels: torch.Tensor  # (K,) int64
+    height: int
+    width: int
+    class_names: list[str]
+    transform: Any = None
+    crs: Any = None
+    path: str | None = None
+    stats: dict = field(default_factory=dict)
+
+    def polys(self) -> torch.Tensor:
+        from rsvision.ops import obb2poly
+
+        return obb2poly(self.boxes.double(), "le90")
+
+
+def _open(source: Any, bands: Sequence[int] | None):
+    from rsvision.tasks.sliding import open_source
+
+    return open_source(source, [b + 1 for b in bands] if bands is not None else None)
+
+
+@torch.no_grad()
+def predict_scene(
+    model: torch.nn.Module,
+    source: str | Path | np.ndarray | torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    window: int = 1024,
+    overlap: int = 200,
+    batch_size: int = 2,
+    scales: Sequence[float] = (1.0,),
+    nms_iou: float = 0.1,
+    score_thr: float = 0.0,
+    max_det: int | None = None,
+    bands: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+) -> SceneDetections:
+    """Detect rotated objects in a scene of any size.
+
+    Args:
+        model: a detector in eval mode (``model(images) -> [{"boxes", "scores", "labels"}]``).
+        source: raster path (GeoTIFF, PNG, JPEG, ...) or a ``(C, H, W)`` array in raw pixel units.
+        mean, std: per-band normalisation of the checkpoint (raw units).
+        window, overlap: window size and overlap in pixels *of the network input*; at rate ``s`` a
+            window covers ``window / s`` scene pixels.
+        scales: test rates (``(0.5, 1.0, 1.5)`` for the published multi-scale test).
+        nms_iou: per-class rotated NMS threshold for merging windows and scales.
+        score_thr: drop detections below this score before merging.
+        max_det: keep at most this many detections per scene (highest scores).
+        bands: 0-based bands to read (default: all non-alpha bands, which must match ``mean``).
+        progress: True for a rich progress bar, or a callback ``(done, total)``.
+
+    Raises:
+        BandMismatchError: the raster's band count differs from the checkpoint's.
+    """
+    from rsvision.data.detection import pad_to_multiple
+    from rsvision.ops import batched_nms_rotated
+
+    src = _open(source, bands)
+    if src.count != len(mean):
+        raise BandMismatchError(f"raster has {src.count} bands, the model expects {len(mean)} (checkpoint bands)",
+                                path=getattr(src, "path", None))
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    m = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+    s_ = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+    H, W = src.height, src.width
+    jobs: list[tuple[float, Window]] = []
+    for rate in scales:
+        size = max(32, int(round(window / rate)))
+        gap = min(int(round(overlap / rate)), size - 1)
+        jobs += [(float(rate), w) for w in sliding_windows(H, W, size, gap)]
+    total = len(jobs)
+    bar = None
+    if progress is True:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("detecting", total=total)
+    all_b, all_s, all_l = [], [], []
+    done = 0
+    try:
+        for rate in sorted(set(r for r, _ in jobs)):
+            wins = [w for r, w in jobs if r == rate]
+            for group in batched(wins, batch_size):
+                imgs = []
+                for w in group:
+                    x = torch.from_numpy(np.ascontiguousarray(src.read(w), dtype=np.float32))
+                    valid = src.valid(w)
+                    if not valid.all():  # nodata / alpha: the mean, i.e. 0 after normalisation
+                        x = torch.where(torch.from_numpy(valid)[None], x, m)
+                    x = (x - m) / s_
+                    if rate != 1.0:
+                        nh, nw = max(1, round(w.height * rate)), max(1, round(w.width * rate))
+                        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False,
+                                          antialias=rate < 1)[0]
+                    imgs.append(x)
+                outs = model(pad_to_multiple(imgs, 32).to(dev), image_sizes=[tuple(x.shape[-2:]) for x in imgs])
+                for w, img, out in zip(group, imgs, outs):
+                    b = out["boxes"].detach().float().cpu().clone()
+                    sc = out["scores"].detach().float().cpu()
+                    lab = out["labels"].detach().long().cpu()
+                    sx, sy = w.width / img.shape[-1], w.height / img.shape[-2]
+                    b[:, 0] = b[:, 0] * sx + w.x0
+                    b[:, 1] = b[:, 1] * sy + w.y0
+                    b[:, 2:4] *= math.sqrt(sx * sy)
+                    keep = sc >= score_thr
+                    all_b.append(b[keep]), all_s.append(sc[keep]), all_l.append(lab[keep])
+                done += len(group)
+                if bar is not None:
+                    bar.update(task, completed=done)
+                elif callable(progress):
+                    progress(done, total)
+    finally:
+        if bar is not None:
+            bar.stop()
+        transform, crs, path = getattr(src, "transform", None), getattr(src, "crs", None), getattr(src, "path", None)
+        if hasattr(src, "close") and not isinstance(source, (np.ndarray, torch.Tensor)) and src is not source:
+            src.close()
+    boxes = torch.cat(all_b) if all_b else torch.zeros(0, 5)
+    scores = torch.cat(all_s) if all_s else torch.zeros(0)
+    labels = torch.cat(all_l) if all_l else torch.zeros(0, dtype=torch.long)
+    n_raw = len(boxes)
+    if n_raw:
+        keep = batched_nms_rotated(boxes, scores, labels, nms_iou)
+        if max_det is not None:
+            keep = keep[:max_det]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    return SceneDetections(boxes, scores, labels, H, W, list(class_names), transform, crs,
+                           str(path) if path is not None else None,
+                           {"windows": total, "raw_detections": n_raw, "megapixels": H * W / 1e6})
+
+
+def read_overview(source: Any, max_side: int = 4096, bands: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+    """A downscaled ``(h, w, 3)`` uint8 view of a scene for drawing, and its scale factor.
+
+    Rasters are read decimated by GDAL (``out_shape``), never at full size; non-uint8 data is
+    stretched per band between the 2nd and 98th percentiles.
+    """
+    src = _open(source, bands)
+    H, W = src.height, src.width
+    scale = min(1.0, max_side / max(H, W))
+    h, w = max(1, round(H * scale)), max(1, round(W * scale))
+    if hasattr(src, "ds"):
+        from rasterio.enums import Resampling
+
+        arr = src.ds.read(src.bands, out_shape=(len(src.bands), h, w), resampling=Resampling.average)
+    else:
+        a = src.read(Window(0, 0, W, H))
+        arr = F.interpolate(torch.from_numpy(a)[None], size=(h, w), mode="area")[0].numpy() if scale < 1 else a
+    if hasattr(src, "close") and src is not source and not isinstance(source, (np.ndarray, torch.Tensor)):
+        src.close()
+    arr = arr[:3] if arr.shape[0] >= 3 else np.repeat(arr[:1], 3, 0)
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float32)
+        lo = np.percentile(a, 2, axis=(1, 2), keepdims=True)
+        hi = np.percentile(a, 98, axis=(1, 2), keepdims=True)
+        arr = np.clip((a - lo) / np.maximum(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr.transpose(1, 2, 0)), scale
+
+
+def write_scene_outputs(det: SceneDetections, out_dir: str | Path, name: str | None = None,
+                        source: Any = None, task1: bool = True, png: bool = True, geojson: bool = True,
+                        png_max_side: int = 4096, bands: Sequence[int] | None = None,
+                        draw_thr: float = 0.3) -> dict[str, Path]:
+    """Write Task1 files (``Task1_<class>.txt``, appended), ``<name>.png`` and ``<name>.geojson``.
+
+    GeoJSON is written only for georeferenced rasters (a CRS or a non-identity transform). Task1
+    and GeoJSON hold every detection (with scores); the PNG only those scoring >= ``draw_thr``.
+    """
+    from rsvision.data.dota import append_task1
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or (Path(det.path).stem if det.path else "scene")
+    written: dict[str, Path] = {}
+    polys = det.polys().numpy()
+    if task1:
+        written["task1"] = append_task1(out, name, polys, det.scores.numpy(),
+                                        [det.class_names[int(v)] for v in det.labels])
+    if png and (source is not None or det.path is not None):
+        from rsvision.viz.boxes import save_drawn
+
+        img, scale = read_overview(source if source is not None else det.path, png_max_side, bands)
+        k = det.scores >= draw_thr
+        written["png"] = save_drawn(out / f"{name}.png", img, det.boxes[k], det.labels[k], det.scores[k], det.class_names,
+                                    scale=scale, show_scores=scale >= 0.5, width=2 if scale >= 0.5 else 1)
+    if geojson and det.transform is not None:
+        from rsvision.geo.writers import write_geojson
+
+        props = [{"class": det.class_names[int(lab)], "score": round(float(s), 4)} for lab, s in zip(det.labels, det.scores)]
+        written["geojson"] = write_geojson(polys, props, det.transform, det.crs, out / f"{name}.geojson")
+    return written
+
+
+def evaluate_folder(
+    model: torch.nn.Module,
+    hp: dict,
+    img_dir: str | Path,
+    ann_dir: str | Path,
+    dets_dir: str | Path,
+    window: int = 1024,
+    overlap: int = 200,
+    batch_size: int = 2,
+    scales: Sequence[float] = (1.0,),
+    nms_iou: float = 0.1,
+    iou_thr: float = 0.5,
+    metric: str = "voc07",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict:
+    """Detect on every full image of ``img_dir``, write merged Task1 files to ``dets_dir`` and score
+    them against ``ann_dir`` with the DOTA evaluator (like the DOTA server) -> the detect JSON dict."""
+    from rsvision.data import dota
+    from rsvision.data.raster import is_image_file
+
+    img_dir, dets_dir = Path(img_dir), Path(dets_dir)
+    dets_dir.mkdir(parents=True, exist_ok=True)
+    for old in dets_dir.glob("Task1_*.txt"):
+        old.unlink()
+    files = sorted(p for p in img_dir.iterdir() if is_image_file(p))
+    classes = list(hp["class_names"])
+    for f in files:
+        det = predict_scene(model, f, hp["mean"], hp["std"], classes, window, overlap, batch_size, scales, nms_iou,
+                            device=device, progress=progress)
+        write_scene_outputs(det, dets_dir, f.stem, png=False, geojson=False)
+    for c in classes:  # an empty Task1 file per class, so the evaluator sees every class
+        (dets_dir / f"Task1_{c}.txt").touch()
+    return dota.evaluate(dets_dir, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric)

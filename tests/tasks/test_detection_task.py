@@ -1,0 +1,164 @@
+"""Detection Lightning task: schedule, frozen BN, self-describing checkpoints, training steps, DDP (gloo)."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rsvision.tasks.detection import DetectionTask, freeze_bn, load_detector, lr_factor
+
+TINY = {"type": "OrientedRCNN", "backbone": "lsknet_t", "fpn_channels": 32, "fc_channels": 64,
+        "backbone_drop_rate": 0.0, "backbone_drop_path_rate": 0.0,
+        "rpn": {"nms_pre": 200, "max_per_img": 100}, "rcnn": {"max_per_img": 50}}
+CLASSES = ["ship", "vehicle", "tank"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads can be 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class SynthDS(Dataset):
+    """In-memory synthetic samples (no files): normalised image + le90 targets."""
+
+    def __init__(self, n: int = 4, size: int = 96, seed: int = 0):
+        from rsvision.data import det_transforms as T
+        from rsvision.data.synthetic.objects import make_image
+
+        norm = T.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD)
+        self.items = []
+        for i in range(n):
+            img, objs = make_image(size, size, seed + i, num_objects=4)
+            self.items.append(norm({
+                "image": torch.from_numpy(img).permute(2, 0, 1).float(),
+                "boxes": torch.tensor([o.obb() for o in objs], dtype=torch.float32).reshape(-1, 5),
+                "labels": torch.tensor([CLASSES.index(o.name) for o in objs], dtype=torch.long),
+                "difficult": torch.zeros(len(objs), dtype=torch.long), "name": f"img{i}"}))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _loader(n=4, bs=2):
+    from rsvision.data.detection import collate_detection
+
+    return DataLoader(SynthDS(n), batch_size=bs, collate_fn=collate_detection)
+
+
+def test_lr_schedule_warmup_and_steps():
+    assert lr_factor(0, 0, 500, 1 / 3, [8, 11]) == pytest.approx(1 / 3)
+    assert lr_factor(250, 0, 500, 1 / 3, [8, 11]) == pytest.approx(2 / 3)
+    assert lr_factor(500, 0, 500, 1 / 3, [8, 11]) == pytest.approx(1.0)
+    assert lr_factor(10_000, 8, 500, 1 / 3, [8, 11]) == pytest.approx(0.1)
+    assert lr_factor(10_000, 11, 500, 1 / 3, [8, 11]) == pytest.approx(0.01)
+    task = DetectionTask(TINY, CLASSES, batch_size=4)
+    assert task._milestones() == [8, 11]  # of the default 12 epochs
+
+
+def test_frozen_bn_and_lr_scaling():
+    task = DetectionTask(TINY, CLASSES, batch_size=4, frozen_bn=True)
+    task.train()
+    bns = [m for m in task.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert all(not p.requires_grad for m in bns for p in m.parameters())
+    opt = task.configure_optimizers()["optimizer"]
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(2e-4 * 4 / 16)
+    assert opt.param_groups[0]["weight_decay"] == 0.05
+    plain = DetectionTask(TINY, CLASSES)
+    plain.train()
+    assert all(m.training for m in plain.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    freeze_bn(plain.model)
+    assert not any(m.training for m in plain.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_training_steps_and_self_describing_checkpoint(tmp_path):
+    import lightning as L
+
+    torch.manual_seed(0)
+    task = DetectionTask(TINY, CLASSES, bands=[0, 1, 2], img_size=96, gsd=0.5, batch_size=2, warmup_iters=2)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=35.0,
+                        limit_val_batches=0)
+    trainer.fit(task, _loader())
+    assert trainer.global_step == 3
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, weights_only=True)
+    hp = raw["hyper_parameters"]
+    for key in ("model", "class_names", "bands", "mean", "std", "angle_version", "img_size", "gsd"):
+        assert key in hp, key
+    assert hp["model"]["num_classes"] == 3 and hp["model"]["in_chans"] == 3 and hp["angle_version"] == "le90"
+    model, hp2 = load_detector(ckpt)  # rebuilt from the file alone
+    x = next(iter(_loader()))[0]
+    task.model.eval()
+    with torch.no_grad():
+        a, b = task.model(x), model(x)
+    assert len(a) == len(b) and torch.allclose(a[0]["scores"], b[0]["scores"])
+    assert hp2["class_names"] == CLASSES
+
+
+def test_validation_map_through_dota_evaluator():
+    import lightning as L
+
+    task = DetectionTask(TINY, CLASSES, batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    metrics = trainer.validate(task, _loader(2), verbose=False)[0]
+    assert 0.0 <= metrics["val/mAP"] <= 1.0
+    res = task.last_val_metrics
+    assert res["task"] == "detect" and set(res["AP"]) == set(CLASSES)
+
+
+def test_load_detector_rejects_foreign_checkpoints(tmp_path):
+    from rsvision.errors import CheckpointError
+
+    p = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {}}, p)
+    with pytest.raises(CheckpointError):
+        load_detector(p)
+    with pytest.raises(CheckpointError):
+        load_detector(tmp_path / "missing.ckpt")
+
+
+DDP_SCRIPT = textwrap.dedent('''
+    import importlib.util, sys, torch
+    spec = importlib.util.spec_from_file_location("tdt", {path!r})
+    tdt = importlib.util.module_from_spec(spec)
+    sys.modules["tdt"] = tdt
+    spec.loader.exec_module(tdt)
+    import lightning as L
+    from rsvision.tasks.detection import DetectionTask
+    torch.set_num_threads(1)
+    task = DetectionTask(tdt.TINY, tdt.CLASSES, batch_size=1, warmup_iters=1)
+    tr = L.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   limit_val_batches=0)
+    tr.fit(task, tdt._loader(4, 1))
+    w = [p.detach().clone() for p in task.model.parameters()][-1]
+    g = [torch.zeros_like(w) for _ in range(2)]
+    torch.distributed.all_gather(g, w)  # DDP keeps replicas identical
+    print("DDP_OK", tr.global_rank, tr.world_size, tr.global_step, tr.strategy._process_group_backend,
+          bool(torch.equal(g[0], g[1])), flush=True)
+''')
+
+
+def test_ddp_two_cpu_processes_gloo(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(path=str(Path(__file__).resolve())))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "DDP_OK 0 2 2 gloo True" in r.stdout and "DDP_OK 1 2 2 gloo True" in r.stdout, r.stdout
