@@ -16,12 +16,17 @@ class ConvBNReLU(nn.Sequential):
 
 
 class PPM(nn.Module):
-    """Pyramid pooling (PSPNet): average-pool at several grid sizes, project, upsample, concatenate."""
+    """Pyramid pooling (PSPNet): average-pool at several grid sizes, project, upsample, concatenate.
+
+    The pooled branches use conv + ReLU without BatchNorm: a 1x1 pooled map has one value per
+    channel, so BatchNorm would fail (and be meaningless) for batches of one image.
+    """
 
     def __init__(self, cin: int, channels: int, pool_scales: Sequence[int] = (1, 2, 3, 6)):
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(cin, channels, 1)) for s in pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(cin, channels, 1), nn.ReLU(inplace=True))
+            for s in pool_scales
         )
         self.bottleneck = ConvBNReLU(cin + len(pool_scales) * channels, channels, 3)
 

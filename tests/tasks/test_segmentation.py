@@ -1,0 +1,169 @@
+"""Segmentation: metrics by hand, sliding windows vs whole image, learning synthetic scenes, CLI, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from typer.testing import CliRunner
+
+from rsvision.data.synthetic.segmentation import SEG_CLASSES, make_segmentation_sample, write_segmentation_folder
+from rsvision.errors import BandMismatchError
+from rsvision.models.segmentation import Segmentor
+from rsvision.tasks.metrics import confusion_matrix, segmentation_metrics
+from rsvision.tasks.sliding import RasterSource, blend_weights, iter_blended_strips, sliding_window_inference
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+def test_segmentation_metrics_by_hand():
+    target = np.array([[0, 0, 1, 1], [2, 2, 255, 0]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 2, 0]])
+    cm = confusion_matrix(pred, target, 4, ignore_index=255)
+    # rows = reference: class 0 -> pred {0,1,0}: TP=2, FN=1; class 1: TP=2; class 2: TP=1, FN=1 (pred 0)
+    assert cm.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    m = segmentation_metrics(cm, ["a", "b", "c", "d"])
+    # class a: TP 2, FP 1 (a c-pixel predicted a), FN 1 -> IoU 2/4, F1 4/6
+    assert m["IoU"]["a"] == pytest.approx(0.5) and m["F1"]["a"] == pytest.approx(4 / 6)
+    assert m["IoU"]["b"] == pytest.approx(2 / 3) and m["F1"]["b"] == pytest.approx(0.8)
+    assert m["IoU"]["c"] == pytest.approx(0.5) and m["F1"]["c"] == pytest.approx(2 / 3)
+    assert m["IoU"]["d"] is None and m["F1"]["d"] is None  # absent everywhere: not averaged
+    assert m["mIoU"] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
+    assert m["mF1"] == pytest.approx((4 / 6 + 0.8 + 2 / 3) / 3)
+    assert m["OA"] == pytest.approx(5 / 7)
+    assert m["task"] == "segment" and m["classes"] == ["a", "b", "c", "d"]
+
+
+def test_confusion_matrix_rejects_bad_predictions():
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(np.array([5]), np.array([0]), 3)
+
+
+# --- sliding windows ------------------------------------------------------------------------------
+def test_sliding_equals_whole_image_when_it_fits():
+    torch.manual_seed(0)
+    m = Segmentor("test_convnext", num_classes=3, channels=16).eval()
+    img = torch.randn(3, 96, 80)
+    with torch.no_grad():
+        whole = m(img[None]).softmax(1)[0].numpy()
+    for size in (96, 128):  # exactly the image, and larger than it
+        out = sliding_window_inference(m, img, size, 16, 3)
+        np.testing.assert_allclose(out, whole, atol=1e-5)
+
+
+def test_sliding_blends_overlaps_and_streams_every_row_once():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 1)  # pixel-wise model: any tiling must reproduce the whole image
+    img = torch.randn(3, 150, 170)
+    with torch.no_grad():
+        whole = conv(img[None]).softmax(1)[0].numpy()
+    rows = []
+    for y0, strip in iter_blended_strips(conv, img, 64, 24, 4, batch_size=3):
+        rows.extend(range(y0, y0 + strip.shape[1]))
+        np.testing.assert_allclose(strip, whole[:, y0 : y0 + strip.shape[1]], atol=1e-5)
+    assert rows == list(range(150))
+    # flip TTA of a flip-equivariant model changes nothing
+    np.testing.assert_allclose(sliding_window_inference(conv, img, 64, 24, 4, tta=True), whole, atol=1e-5)
+
+
+def test_blend_weights_peak_in_centre_and_stay_positive():
+    w = blend_weights(8, 6)
+    assert w.min() > 0 and w[3:5, 2:4].min() == w.max() and w[0, 0] < w[4, 3]
+
+
+def test_raster_source_reads_windows_lazily(tmp_path):
+    img, _ = make_segmentation_sample((70, 90), bands=5, seed=1)
+    p = tmp_path / "ms.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=90, height=70, count=5, dtype="uint8") as d:
+        d.write(img)
+    conv = torch.nn.Conv2d(5, 2, 1)
+    a = sliding_window_inference(conv, RasterSource(p), 32, 8, 2)
+    b = sliding_window_inference(conv, img.astype(np.float32), 32, 8, 2)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# --- training, CLI -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One CLI training run on synthetic scenes shared by the tests below (~5 s on one thread)."""
+    from rsvision.cli import app
+
+    d = tmp_path_factory.mktemp("seg")
+    data = write_segmentation_folder(d / "data", n=12, size=64, zero_is_ignore=True)
+    cfg = d / "seg.yaml"
+    cfg.write_text(
+        "data: {mask: {classes: [background, building, road, water], reduce_zero_label: true}, "
+        "img_size: 64, batch_size: 4, samples_per_image: 2}\n"
+        "model: {name: test_convnext, decoder: upernet, channels: 32}\n"
+        "optim: {lr: 0.003}\n"
+        "trainer: {threads: 1, progress: none}\n"
+    )
+    torch.set_num_threads(1)
+    r = CliRunner().invoke(app, ["segment", "train", "--config", str(cfg), "--data", str(data), "--epochs", "8",
+                                 "--out", str(d / "run")])
+    assert r.exit_code == 0, r.output
+    return d, data
+
+
+def test_small_model_learns_synthetic_scenes(trained):
+    from rsvision.cli import app
+
+    d, data = trained
+    for f in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.csv"):
+        assert (d / "run" / f).exists()
+    holdout = write_segmentation_folder(d / "holdout", n=3, size=96, seed=100, zero_is_ignore=True)
+    r = CliRunner().invoke(app, ["segment", "eval", "--checkpoint", str(d / "run" / "best.ckpt"), "--data",
+                                 str(holdout), "--json", str(d / "m.json")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((d / "m.json").read_text())
+    assert set(m) >= {"task", "mIoU", "IoU", "F1", "mF1", "OA", "classes"} and m["task"] == "segment"
+    assert m["classes"] == list(SEG_CLASSES)
+    assert all(0 <= v <= 1 for v in m["IoU"].values() if v is not None)
+    assert m["mIoU"] > 0.45 and m["OA"] > 0.8  # all-background would be mIoU ~0.16
+
+
+def test_checkpoint_is_self_describing(trained):
+    d, _ = trained
+    hp = torch.load(d / "run" / "best.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hp["task"] == "segment" and hp["classes"] == list(SEG_CLASSES)
+    assert len(hp["mean"]) == len(hp["std"]) == 3 and hp["model"]["backbone"] == "test_convnext"
+    assert hp["extra"]["mask"]["reduce_zero_label"] is True
+
+
+def test_predict_writes_georeferenced_mask_and_overlay(trained, tmp_path):
+    from rsvision.cli import app
+
+    d, _ = trained
+    img, _ = make_segmentation_sample((150, 130), 3, seed=7)
+    src = tmp_path / "scene.tif"
+    tr = from_origin(500000, 5000000, 0.5, 0.5)
+    with rasterio.open(src, "w", driver="GTiff", width=130, height=150, count=3, dtype="uint8",
+                       crs="EPSG:32632", transform=tr) as ds:
+        ds.write(img)
+    out = tmp_path / "pred"
+    r = CliRunner().invoke(app, ["segment", "predict", "--checkpoint", str(d / "run" / "best.ckpt"), str(src),
+                                 "--out", str(out), "--tta"])
+    assert r.exit_code == 0, r.output
+    assert (out / "scene_overlay.png").exists()
+    with rasterio.open(out / "scene_mask.tif") as m:
+        assert m.crs.to_epsg() == 32632 and m.transform == tr and m.count == 1
+        assert m.profile["compress"] == "deflate" and m.profile["tiled"]
+        assert m.read(1).max() < len(SEG_CLASSES)
+
+    bad = tmp_path / "five.tif"  # (a 4-band uint8 GeoTIFF is RGBA: its alpha is a mask, not a band)
+    with rasterio.open(bad, "w", driver="GTiff", width=40, height=40, count=5, dtype="uint8") as ds:
+        ds.write(np.zeros((5, 40, 40), np.uint8))
+    from rsvision.tasks.segmentation import load_task, predict_file
+
+    with pytest.raises(BandMismatchError, match="5 bands"):
+        predict_file(load_task(d / "run" / "best.ckpt"), bad, tmp_path / "x")
