@@ -25,7 +25,23 @@ def register_builder(type_name: str) -> Callable:
     return deco
 
 
+# Families that register builders; imported on first use so ``import rsvision`` stays light.
+_FAMILIES = ("rsvision.models.backbones", "rsvision.models.detectors", "rsvision.models.segmentation")
+
+
+def _import_families() -> None:
+    import importlib
+
+    for mod in _FAMILIES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # a family not present in this build
+            if exc.name != mod:
+                raise
+
+
 def registered_types() -> list[str]:
+    _import_families()
     return sorted(_BUILDERS)
 
 
@@ -37,7 +53,7 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     """
     import timm
 
-    import rsvision.models  # noqa: F401  (make sure every family has registered itself)
+    _import_families()
 
     if not isinstance(config, dict):
         raise ConfigError(f"model config must be a dict, got {type(config).__name__}")
