@@ -207,14 +207,14 @@ def write_scene_outputs(det: SceneDetections, out_dir: str | Path, name: str | N
     GeoJSON is written only for georeferenced rasters (a CRS or a non-identity transform). Task1
     and GeoJSON hold every detection (with scores); the PNG only those scoring >= ``draw_thr``.
     """
-    from rsvision.data.dota import append_task1
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = name or (Path(det.path).stem if det.path else "scene")
     written: dict[str, Path] = {}
     polys = det.polys().numpy()
     if task1:
+        from rsvision.data.dota import append_task1
+
         written["task1"] = append_task1(out, name, polys, det.scores.numpy(),
                                         [det.class_names[int(v)] for v in det.labels])
     if png and (source is not None or det.path is not None):

@@ -162,3 +162,96 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DDP_OK 0 2 2 gloo True" in r.stdout and "DDP_OK 1 2 2 gloo True" in r.stdout, r.stdout
+
+
+# --- whole-scene prediction (windows, offsets, scales, merge, outputs) --------------------------------
+class PeakDetector(torch.nn.Module):
+    """Stand-in detector with exact, known output: one box at the brightest pixel of each window."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def forward(self, images, targets=None, image_sizes=None):
+        outs = []
+        for im, size in zip(images, image_sizes):
+            self.calls.append(tuple(size))
+            c = im[0]
+            if float(c.max()) < 1.0:
+                outs.append({"boxes": torch.zeros(0, 5), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)})
+                continue
+            y, x = divmod(int(torch.argmax(c)), c.shape[1])
+            outs.append({"boxes": torch.tensor([[x + 0.5, y + 0.5, 12.0, 4.0, 0.3]]), "scores": torch.tensor([0.9]),
+                         "labels": torch.tensor([1])})
+        return outs
+
+
+def _scene(h=300, w=420, spots=((37, 250), (205, 61))):
+    import numpy as np
+
+    a = np.zeros((3, h, w), np.uint8)
+    for y, x in spots:
+        a[:, y : y + 4, x : x + 4] = 255
+    return a
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (1.0, 0.5)])
+def test_predict_scene_offsets_and_merge(scales):
+    from rsvision.tasks.predict_scene import predict_scene
+
+    model = PeakDetector()
+    det = predict_scene(model, _scene(), [0, 0, 0], [100, 100, 100], CLASSES, window=128, overlap=48,
+                        batch_size=3, scales=scales)
+    assert len(det.scores) == 2  # every window that saw a spot found it; NMS merged the copies
+    found = sorted((float(b[1]), float(b[0])) for b in det.boxes)
+    for (y, x), (by, bx) in zip(sorted([(37, 250), (205, 61)]), found):
+        tol = 1.0 if len(scales) == 1 else 3.0  # at rate 0.5 one pixel is 2 px, plus the antialiasing filter
+        assert abs(by - (y + 0.5)) <= tol and abs(bx - (x + 0.5)) <= tol
+    assert det.stats["raw_detections"] > 2 and (det.height, det.width) == (300, 420)
+    assert all(s[0] <= 128 and s[1] <= 128 for s in model.calls)
+
+
+def test_predict_scene_geotiff_lazy_windows_and_outputs(tmp_path):
+    import json
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from rsvision.errors import BandMismatchError
+    from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
+
+    p = tmp_path / "scene.tif"
+    a = _scene()
+    with rasterio.open(p, "w", driver="GTiff", width=420, height=300, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 4500000, 0.5, 0.5), tiled=True, blockxsize=128, blockysize=128) as dst:
+        dst.write(a)
+    det = predict_scene(PeakDetector(), p, [0, 0, 0], [100, 100, 100], CLASSES, window=128, overlap=32)
+    assert len(det.scores) == 2 and str(det.crs) == "EPSG:32633"
+    out = write_scene_outputs(det, tmp_path / "out", task1=False)
+    gj = json.loads(Path(out["geojson"]).read_text())
+    assert len(gj["features"]) == 2 and gj["features"][0]["properties"]["class"] == "vehicle"
+    xs = np.array(gj["features"][0]["geometry"]["coordinates"][0])[:, 0]
+    assert 500000 < xs.min() < xs.max() < 500000 + 420 * 0.5  # projected metres, not pixels
+    assert Path(out["png"]).stat().st_size > 0
+    with pytest.raises(BandMismatchError):
+        predict_scene(PeakDetector(), p, [0, 0, 0, 0], [1, 1, 1, 1], CLASSES)
+
+
+def test_predict_scene_single_window_equals_model():
+    from rsvision.tasks.predict_scene import predict_scene
+
+    torch.manual_seed(0)
+    task = DetectionTask(TINY, CLASSES)
+    model = task.model.eval()
+    img = SynthDS(1)[0]["image"]  # normalised 96 x 96
+    raw = img * torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1) + torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    det = predict_scene(model, raw, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], CLASSES, window=128)
+    from rsvision.data.detection import pad_to_multiple
+
+    with torch.no_grad():
+        ref = model(pad_to_multiple([img]), image_sizes=[(96, 96)])[0]
+    assert len(det.scores) == len(ref["scores"])
+    assert torch.allclose(det.scores, ref["scores"], atol=1e-5)
+    assert torch.allclose(det.boxes, ref["boxes"], atol=1e-3)
