@@ -16,8 +16,11 @@ The formulas intentionally reproduce the reference *including its quirks* (which
 ``tests/ops`` pin them. Degenerate input is not rejected, it is mapped deterministically:
 
 * zero-area boxes (``w == 0`` or ``h == 0``) convert to degenerate polygons (repeated points) and back;
-* a degenerate polygon (collinear or coincident points) gives ``h == 0`` (and ``w == 0`` when all
-  points coincide, with the angle that ``atan2(0, 0) = 0`` gives);
+* :func:`poly2obb` trusts its input to be (close to) a rectangle and never fails: ``w``/``h`` come
+  from ``|p1p2|`` and ``|p2p3|`` only, so a degenerate polygon gives ``h == 0`` only when one of those
+  edges has zero length (all points equal: ``w == h == 0``, angle ``atan2(0, 0) = 0``); a collinear
+  zig-zag such as ``(0,0), (4,0), (8,0), (4,0)`` yields a 4 x 4 box. Readers reject such polygons by
+  area first (``rsvision.data.dota``);
 * NaN propagates into every output field of that row only.
 """
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Each pair is intersected with Sutherland-Hodgman clipping of one box's quadrilateral by the four
 half-planes of the other, done on whole tensors: a clip stage maps a polygon with ``n`` vertex slots
 to ``n + 1`` slots (a convex polygon cut by a line gains at most one vertex), unused slots repeating
-the last vertex, so degenerate (zero-length) edges are harmless and the shoelace area is exact.
+the last vertex, so degenerate (zero-length) edges are harmless and the shoelace area is exact. The
+slot count adapts to the batch (float noise on near-coincident edges can add spurious vertex pairs;
+they are kept, never truncated, because dropping one can cut away a real corner).
 Dense ``N x M`` matrices only clip the pairs whose circumscribed circles meet (others are exactly 0),
 in chunks, so memory stays bounded. CPU and CUDA, float32 and float64, any angle.
 
@@ -38,7 +40,9 @@ def _corners(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor, a: Tensor) -> Tensor:
 def _clip(poly: Tensor, a: Tensor, e: Tensor) -> Tensor:
     """Clip (P, n, 2) polygons by the half-planes left of lines through ``a`` (P, 2) along ``e`` (P, 2).
 
-    Returns (P, n + 1, 2); slots past the true vertex count repeat the last vertex.
+    Returns (P, m, 2) with ``m`` the largest vertex count in the batch (``n + 1`` at most for convex
+    input, more only when float noise makes near-collinear vertices alternate sides: nothing is ever
+    dropped); slots past a polygon's own count repeat its last vertex.
     """
     P, n, _ = poly.shape
     ex, ey = e[:, None, 0], e[:, None, 1]
@@ -52,15 +56,16 @@ def _clip(poly: Tensor, a: Tensor, e: Tensor) -> Tensor:
     xpt = poly + t * (nxt - poly)
     pts = torch.stack([poly, xpt], dim=2).reshape(P, 2 * n, 2)
     valid = torch.stack([inside, cross], dim=2).reshape(P, 2 * n)
-    # compact the valid slots to the front (order preserved) into n + 1 slots
+    # compact the valid slots to the front, order preserved
     pos = torch.cumsum(valid, dim=1) - 1
     count = pos[:, -1] + 1
-    target = torch.where(valid & (pos <= n), pos, torch.full_like(pos, n + 1))
-    out = poly.new_zeros(P, n + 2, 2)
+    m = max(int(count.max()), 1)
+    target = torch.where(valid, pos, torch.full_like(pos, m))
+    out = poly.new_zeros(P, m + 1, 2)
     out.scatter_(1, target[..., None].expand(P, 2 * n, 2), pts)
-    idx = torch.arange(n + 1, device=poly.device).expand(P, n + 1)
+    idx = torch.arange(m, device=poly.device).expand(P, m)
     idx = torch.minimum(idx, (count - 1).clamp(min=0)[:, None])
-    return torch.gather(out, 1, idx[..., None].expand(P, n + 1, 2))
+    return torch.gather(out, 1, idx[..., None].expand(P, m, 2))
 
 
 def _shoelace(poly: Tensor) -> Tensor:
