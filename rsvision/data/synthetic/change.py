@@ -22,8 +22,8 @@ def make_change_pair(
     num_removed: int = 2,
     num_added: int = 2,
     noise: float = 6.0,
-    illumination: float = 0.25,
-    seasonal: float = 30.0,
+    illumination: float = 0.3,
+    seasonal: float = 50.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pair: images A, B ``(bands, H, W)`` uint8 and label ``(H, W)`` uint8 (1 = changed).
 
