@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
-import math
 import types
 import typing
 from pathlib import Path
@@ -36,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rsvision.errors import ConfigError, DataError
+from rsvision.tasks.common import write_json  # noqa: F401  (re-exported for CLI modules)
 
 __all__ = [
     "console", "ConfigOpt", "DataOpt", "ModelOpt", "ImgSizeOpt", "EpochsOpt", "BatchSizeOpt", "OutOpt",
@@ -177,6 +176,10 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+def _shallow_fields(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
 def from_dict(cls: type, data: Mapping[str, Any], where: str = "", path: str | Path | None = None) -> Any:
     """Build dataclass ``cls`` from a (nested) dict; unknown keys raise ConfigError naming them.
 
@@ -196,6 +199,9 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "", path: str | P
     for name, value in data.items():
         tp = _strip_optional(hints.get(name, Any))
         if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            f = fields[name]
+            if f.default_factory is not dataclasses.MISSING:  # keep the section's own defaults
+                value = deep_merge(_shallow_fields(f.default_factory()), value)
             value = from_dict(tp, value, f"{where}.{name}" if where else name, path)
         elif isinstance(value, str) and tp in (float, int):  # `lr: 1e-3` is a str in YAML 1.1
             try:
@@ -256,29 +262,6 @@ def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str] | None
     return out
 
 
-def _jsonable(obj: Any) -> Any:
-    from rsvision.tasks.common import to_plain
-
-    obj = to_plain(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write metrics (numpy / torch values converted, NaN -> null) as indented JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2)
-        f.write("\n")
-    return path
-
-
 def _fmt(v: Any, percent: bool) -> str:
     if isinstance(v, float):
         return f"{100 * v:.2f}" if percent else f"{v:.4f}"
@@ -292,7 +275,7 @@ def metrics_table(metrics: Mapping[str, Any], title: str = "Metrics", percent: b
     t.add_column("value" + (" (%)" if percent else ""), justify="right")
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            t.add_row(k, _fmt(float(v), percent))
+            t.add_row(k, _fmt(v, percent))
     return t
 
 

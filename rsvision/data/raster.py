@@ -12,6 +12,7 @@ Large scenes are *not* read here: use :mod:`rsvision.data.tiling` (windowed read
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -77,7 +78,8 @@ def _read_rasterio(path: Path, bands: Sequence[int] | None) -> np.ndarray:
     except ImportError as exc:  # pragma: no cover - rasterio is a dev / geo extra
         raise DataError("reading TIFF / GeoTIFF needs rasterio (pip install rsvision[geo])", path=path) from exc
     try:
-        with rasterio.open(path) as src:
+        with warnings.catch_warnings(), rasterio.open(path) as src:
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             idx = None if bands is None else [int(b) + 1 for b in bands]
             if idx is not None and max(idx) > src.count:
                 raise BandMismatchError(f"asked for bands {list(bands)} but the file has {src.count}", path=path)
@@ -119,7 +121,8 @@ def read_info(path: str | Path) -> RasterInfo:
         try:
             import rasterio
 
-            with rasterio.open(path) as src:
+            with warnings.catch_warnings(), rasterio.open(path) as src:
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 return RasterInfo(src.count, src.height, src.width, str(src.dtypes[0]))
         except Exception as exc:
             raise DataError(f"cannot read raster header ({type(exc).__name__}: {exc})", path=path) from exc

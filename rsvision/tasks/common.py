@@ -22,7 +22,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import json
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -48,7 +50,7 @@ METRICS = "metrics.csv"
 
 __all__ = [
     "TrainerOptions", "parse_device", "parse_max_time", "build_trainer", "fit", "resume_path",
-    "write_config", "to_plain", "seed_all", "SeededRandomSampler", "SeedEveryStep", "PlotCurvesAtEnd", "set_threads",
+    "write_config", "write_json", "to_plain", "seed_all", "SeededRandomSampler", "SeedEveryStep", "PlotCurvesAtEnd", "set_threads",
     "BEST", "LAST", "CONFIG", "METRICS",
 ]
 
@@ -205,6 +207,27 @@ class SeededRandomSampler(torch.utils.data.Sampler[int]):
         yield from order
 
 
+def _jsonable(obj: Any) -> Any:
+    obj = to_plain(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write metrics (dataclass / numpy / torch values converted, NaN -> null) as indented JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_jsonable(obj), f, indent=2)
+        f.write("\n")
+    return path
+
+
 class SeedEveryStep(Callback):
     """Re-seed python / numpy / torch at every epoch start and train batch (see module docstring)."""
 
@@ -296,6 +319,17 @@ def _trim_metrics(out: Path, ckpt: str) -> None:
         w.writerows(rows)
 
 
+def _quiet_lightning() -> None:
+    """Silence Lightning notices that are expected in a run directory (it holds config / splits)."""
+    import warnings
+
+    for msg in (r".*exists and is not empty.*", r".*LeafSpec.*", r".*is smaller than the logging interval.*",
+                r".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=msg)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda r: "litlogger" not in r.getMessage() and "available:" not in r.getMessage())
+
+
 def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **overrides: Any) -> L.Trainer:
     """A Lightning Trainer writing the standard run directory of ``opts.out``.
 
@@ -307,6 +341,7 @@ def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **ov
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     set_threads(opts.threads)
+    _quiet_lightning()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(opts.seed, workers=True, verbose=False)

@@ -109,7 +109,9 @@ def write_image(path: str | Path, img: np.ndarray) -> Path:
     if path.suffix.lower() in (".tif", ".tiff"):
         import rasterio
 
-        with rasterio.open(path, "w", driver="GTiff", width=img.shape[2], height=img.shape[1],
+        from rasterio.transform import from_origin
+
+        with rasterio.open(path, "w", driver="GTiff", transform=from_origin(0, img.shape[1], 1, 1), width=img.shape[2], height=img.shape[1],
                            count=img.shape[0], dtype=img.dtype.name) as dst:
             dst.write(img)
         return path

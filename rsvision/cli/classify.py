@@ -1,0 +1,136 @@
+"""``rsvision classify train|eval|predict``: scene classification (thin layer over rsvision.tasks.classification)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from rsvision.cli._common import (
+    BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, EvalDataOpt, ImgSizeOpt, InputsArg,
+    JsonOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, TopKOpt,
+    console, expand_inputs, load_config, print_metrics, train_overrides, write_json,
+)
+
+app = typer.Typer(help="Scene classification: train, evaluate, predict.", no_args_is_help=True)
+
+SplitFileOpt = Annotated[Optional[Path], typer.Option(
+    "--split-file", help="Split file (default: splits.csv next to the checkpoint when --split is given).")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Evaluate only this split: train | val | test.")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning.")]
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="classify")
+
+
+def _summary(metrics: dict) -> str:
+    if metrics.get("multilabel"):
+        return f"mAP {metrics['mAP']:.4f}  F1 micro {metrics['f1_micro']:.4f}"
+    return (f"OA {metrics['overall_accuracy']:.4f}  AA {metrics['average_accuracy']:.4f}  "
+            f"kappa {metrics['kappa']:.4f}")
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
+    epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+    pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
+    seed: SeedOpt = None, set_: SetOpt = None,
+    max_time: Annotated[Optional[str], typer.Option("--max-time", help="Training budget: minutes or DD:HH:MM:SS.")] = None,
+) -> None:
+    """Train a classifier into a run directory (best/last.ckpt, config.yaml, metrics.csv, plots)."""
+    from rsvision.tasks.classification import ClassifyConfig, train_classifier
+
+    overrides = train_overrides(set_=set_, data=data, model=model, img_size=img_size, epochs=epochs,
+                                batch_size=batch_size, out=out, resume=resume, pretrained=pretrained,
+                                device=device, precision=precision, seed=seed)
+    if max_time is not None:
+        overrides["trainer.max_time"] = max_time
+    cfg = load_config(config, ClassifyConfig, overrides)
+    console.print(f"[bold]classify train[/] {cfg.model.name} on {cfg.data.root or cfg.data.csv} -> {cfg.trainer.out}")
+    result = train_classifier(cfg)
+    for split in ("test", "val"):
+        if split in result:
+            m = result[split]
+            print_metrics(m, title=f"{split} split ({Path(m['checkpoint']).name})")
+            console.print(f"{split}: {_summary(m)}; metrics in {Path(cfg.trainer.out) / f'{split}_metrics.json'}")
+            break
+    console.print(f"run directory: [bold]{cfg.trainer.out}[/]")
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: CheckpointOpt, data: EvalDataOpt = None, json_out: JsonOpt = None,
+    split: SplitOpt = None, split_file: SplitFileOpt = None, batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
+    cm: Annotated[Optional[Path], typer.Option("--cm", help="Confusion-matrix PNG (default: next to --json, "
+                                                           "else next to the checkpoint).")] = None,
+) -> None:
+    """Evaluate a checkpoint: OA, AA, kappa, per-class accuracy, confusion matrix (PNG, JSON)."""
+    from torch.utils.data import DataLoader
+
+    from rsvision.errors import ConfigError
+    from rsvision.tasks.classification import eval_dataset, evaluate, load_classifier
+    from rsvision.tasks.common import parse_device
+
+    if data is None:
+        raise ConfigError("eval needs --data DIR (class folders) or --data labels.csv")
+    task = load_classifier(checkpoint)
+    if split is not None and split_file is None:
+        split_file = checkpoint.parent / "splits.csv"
+    ds = eval_dataset(task, data, split_file, split, skip_bad)
+    acc, _ = parse_device(device or "cpu")
+    dev = "cuda" if acc == "gpu" else "cpu"
+    metrics = evaluate(task, DataLoader(ds, batch_size=batch_size or 32), dev, progress=True)
+    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split)
+    print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),
+                  json_path=json_out)
+    if not task.multilabel:
+        from rsvision.viz.plots import plot_confusion_matrix
+
+        if cm is None:
+            cm = (json_out.with_name(json_out.stem + "_confusion.png") if json_out is not None
+                  else checkpoint.parent / f"confusion_matrix_{split or Path(data).name}.png")
+        plot_confusion_matrix(metrics["confusion_matrix"], task.classes, cm,
+                              title=f"OA {100 * metrics['overall_accuracy']:.1f}%  kappa {metrics['kappa']:.3f}")
+        console.print(f"confusion matrix: [bold]{cm}[/]")
+    console.print(_summary(metrics))
+
+
+@app.command()
+def predict(
+    checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, top_k: TopKOpt = 3,
+    batch_size: BatchSizeOpt = None, device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
+) -> None:
+    """Top-k classes with probabilities for images (files, folders, globs)."""
+    from rsvision.tasks.classification import load_classifier, predict_images
+    from rsvision.tasks.common import parse_device
+
+    task = load_classifier(checkpoint)
+    paths = expand_inputs(inputs)
+    acc, _ = parse_device(device or "cpu")
+    preds = predict_images(task, paths, batch_size or 16, top_k, "cuda" if acc == "gpu" else "cpu", skip_bad)
+    t = Table(title=f"{checkpoint.name}: top-{top_k}" + (" (multi-label)" if task.multilabel else ""))
+    t.add_column("image")
+    for i in range(min(top_k, len(task.classes))):
+        t.add_column(f"#{i + 1}")
+    for p in preds:
+        if "error" in p:
+            t.add_row(Path(p["path"]).name, f"[red]{p['error']}[/]")
+            continue
+        t.add_row(Path(p["path"]).name, *[f"{c} {100 * q:.1f}%" for c, q in p["top"]])
+    console.print(t)
+    if out is not None:
+        import csv
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json({"task": "classify", "classes": task.classes, "predictions": preds}, out / "predictions.json")
+        with open(out / "predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "class", "probability"])
+            for p in preds:
+                if "top" in p:
+                    w.writerow([p["path"], p["top"][0][0], f"{p['top'][0][1]:.6f}"])
+        console.print(f"predictions written to [bold]{out}[/]")
