@@ -182,7 +182,7 @@ def write_geojson(
     props = list(props) if props is not None else [{} for _ in range(len(polys))]
     if len(props) != len(polys):
         raise ValueError(f"{len(polys)} polygons but {len(props)} property dicts")
-    pts = pixel_to_crs(polys.reshape(len(polys), -1, 2), transform)
+    pts = pixel_to_crs(polys.reshape(len(polys), polys.shape[1] // 2, 2), transform)
     features = []
     for ring, p in zip(pts, props):
         geom = orient(Polygon(ring), sign=1.0)
