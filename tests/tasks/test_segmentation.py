@@ -167,3 +167,21 @@ def test_predict_writes_georeferenced_mask_and_overlay(trained, tmp_path):
 
     with pytest.raises(BandMismatchError, match="5 bands"):
         predict_file(load_task(d / "run" / "best.ckpt"), bad, tmp_path / "x")
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    from rsvision.cli._common import load_config
+    from rsvision.tasks.change import ChangeConfig
+    from rsvision.tasks.segmentation import SegmentConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    seg, change = sorted(root.glob("seg_*.yaml")), sorted(root.glob("change_*.yaml"))
+    assert seg and change
+    for p in seg:
+        cfg = load_config(p, SegmentConfig)
+        assert cfg.trainer.monitor == "val/mIoU" and cfg.model.decoder in ("upernet", "semantic_fpn")
+    for p in change:
+        cfg = load_config(p, ChangeConfig)
+        assert cfg.trainer.monitor == "val/F1" and cfg.model.fusion in ("diff", "concat")
