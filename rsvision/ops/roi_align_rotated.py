@@ -13,18 +13,21 @@ interpolated; the bin value is their mean. Reference details reproduced exactly:
   mean; otherwise negative coordinates clamp to 0 and coordinates at or past the last row/column snap
   to it.
 
-The gradient w.r.t. ``features`` is autograd's (a scatter-add of the bilinear weights), matching
-mmcv's backward kernel; rois get no gradient.
+Each output bin is one ``embedding_bag`` (a fused weighted gather-sum over its samples' four bilinear
+corners), so no (rois x samples x channels) tensor is materialised. The gradient w.r.t. ``features``
+is autograd's (a scatter-add of the bilinear weights), matching mmcv's backward kernel; rois get no
+gradient.
 """
 from __future__ import annotations
 
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = ["roi_align_rotated", "RoIAlignRotated"]
 
-_SAMPLES_PER_CHUNK = 1 << 15  # (roi, sample) pairs gathered at once
+_SAMPLES_PER_CHUNK = 1 << 18  # (roi, sample) pairs indexed at once
 
 
 def _pair(v) -> tuple[int, int]:
@@ -79,10 +82,13 @@ def _align_group(
     xl, xh = x_low.long().clamp(0, W - 1), x_high.long().clamp(0, W - 1)
     base = (bidx * (H * W))[:, None, None, None]
     idx = base + torch.stack([yl * W + xl, yl * W + xh, yh * W + xl, yh * W + xh], dim=-1)
-    vals = feat_flat.index_select(0, idx.reshape(-1)).view(K, ph, gh, pw, gw, 4, -1)
-    w = weights.view(K, ph, gh, pw, gw, 4, 1)
-    out = (vals * w).sum(dim=(2, 4, 5)) / float(max(gh * gw, 1))  # (K, ph, pw, C)
-    return out.permute(0, 3, 1, 2)
+    # one "bag" per output bin: its gh*gw samples x 4 corners, weighted sum without materialising
+    # the gathered features (embedding_bag is a fused gather-multiply-add, with autograd)
+    bags = idx.view(K, ph, gh, pw, gw, 4).permute(0, 1, 3, 2, 4, 5).reshape(K * ph * pw, gh * gw * 4)
+    w = weights.view(K, ph, gh, pw, gw, 4).permute(0, 1, 3, 2, 4, 5).reshape(K * ph * pw, gh * gw * 4)
+    out = F.embedding_bag(bags, feat_flat, per_sample_weights=w.to(feat_flat.dtype), mode="sum")
+    out = out / float(max(gh * gw, 1))
+    return out.view(K, ph, pw, -1).permute(0, 3, 1, 2)
 
 
 def roi_align_rotated(
