@@ -153,10 +153,9 @@ class DenseTask(L.LightningModule):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.val_cm = MulticlassConfusionMatrix(len(self.classes), ignore_index=self.ignore_index)
         if pretrained:
-            from rsvision.models import load_checkpoint
-
-            report = load_checkpoint(self.model.encoder.body, pretrained)
-            log.info("pretrained backbone %s: %s", pretrained, report.summary())
+            report = self.model.encoder.load_pretrained(pretrained)
+            log.info("pretrained backbone %s: %s (encoder tensors %s)", pretrained, report.summary(),
+                     report.meta.get("encoder_tensors_loaded"))
 
     # subclass hooks
     def build(self, cfg: dict) -> torch.nn.Module:

@@ -86,3 +86,18 @@ def test_rsvision_backbone_as_encoder():
     assert m.encoder.strides == [4, 8, 16, 32]
     with torch.no_grad():
         assert m(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_lsknet_encoder_loads_official_weights_and_matches_golden():
+    """An official-layout LSKNet-T checkpoint loads into the segmentation encoder (features_only
+    wrapper) and reproduces the official stage outputs."""
+    from tests.conftest import shared_path
+
+    g = torch.load(shared_path("golden", "lsknet_t_golden.pt"), map_location="cpu", weights_only=True)
+    m = Segmentor("lsknet_t", num_classes=2, channels=16).eval()
+    report = m.encoder.load_pretrained({"state_dict": g["state_dict"]})
+    assert report.meta["encoder_tensors_loaded"] == "478/478"
+    with torch.no_grad():
+        feats = m.encoder(g["inputs"][1])
+    for f, ref in zip(feats, g["outputs"][1]):
+        torch.testing.assert_close(f, ref.float(), atol=1e-4, rtol=0)

@@ -185,3 +185,20 @@ def test_shipped_configs_parse():
     for p in change:
         cfg = load_config(p, ChangeConfig)
         assert cfg.trainer.monitor == "val/F1" and cfg.model.fusion in ("diff", "concat")
+
+
+def test_pretrained_backbone_is_loaded(tmp_path):
+    """--pretrained: a timm-style backbone state dict lands in the encoder (head reported missing)."""
+    import timm
+
+    from rsvision.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(1)
+    backbone = timm.create_model("test_convnext", pretrained=False, num_classes=0)
+    torch.save(backbone.state_dict(), tmp_path / "bb.pth")
+    task = SegmentationTask(model={"backbone": "test_convnext", "channels": 16}, classes=["a", "b"],
+                            mean=[0.0] * 3, std=[1.0] * 3, pretrained=str(tmp_path / "bb.pth"))
+    enc = task.model.encoder.body.state_dict()
+    src = {k.replace(".", "_"): v for k, v in backbone.state_dict().items()}
+    matched = [k for k, v in enc.items() if torch.equal(src[k.replace(".", "_")], v)]
+    assert len(matched) == len(enc)
