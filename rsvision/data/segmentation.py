@@ -241,10 +241,11 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]], encoding: MaskEncoding, crop_size: int | None = None,
                  augment: bool = False, bands: Sequence[int] | None = None, cache: bool = True,
-                 samples_per_image: int = 1, seed: int = 0):
+                 samples_per_image: int = 1, seed: int = 0, region: tuple[int, float, float] | None = None):
         self.pairs = list(pairs)
         if not self.pairs:
             raise DataError("segmentation dataset is empty")
+        self.region = region
         self.encoding = encoding
         self.crop_size = crop_size
         self.augment = augment
@@ -265,6 +266,12 @@ class SegmentationDataset(Dataset):
         mask = self.encoding.decode(read_mask(mp), mp)
         if img.shape[-2:] != mask.shape:
             raise DataError(f"image is {img.shape[-2:]} but its mask {mp.name} is {mask.shape}", path=ip)
+        if self.region is not None:  # spatial hold-out: labels outside [f0, f1) of one axis are ignored
+            axis, f0, f1 = self.region
+            n = mask.shape[axis]
+            keep = np.zeros(n, bool)
+            keep[int(round(n * f0)) : int(round(n * f1))] = True
+            mask = np.where(keep[:, None] if axis == 0 else keep[None, :], mask, self.encoding.ignore_index)
         if self.cache:
             self._cache[i] = (img, mask)
         return img, mask

@@ -47,7 +47,9 @@ class DataConfig:
     """``data:`` section. ``root`` / ``val_root`` may be lists of folders with ``images/`` + ``masks/``.
 
     Without ``val_root``, ``root/train`` + ``root/val`` are used when present, else the files are
-    split with ``val_fraction`` (seeded). ``mask`` is a preset (``loveda``, ``isprs``, ``isprs_rgb``,
+    split with ``val_fraction`` (seeded); ``split: spatial`` instead keeps every image in both sets
+    and validates on the last ``val_fraction`` of each image's rows (``split_axis: 0``) or columns,
+    for datasets of a few large tiles. ``mask`` is a preset (``loveda``, ``isprs``, ``isprs_rgb``,
     ``isaid``, ``binary``) or a dict of :class:`rsvision.data.segmentation.MaskEncoding` fields.
     """
 
@@ -59,6 +61,8 @@ class DataConfig:
     img_size: int = 256
     batch_size: int = 8
     val_fraction: float = 0.25
+    split: str = "files"  # files | spatial
+    split_axis: int = 0
     samples_per_image: int = 1
     bands: list[int] | None = None
     mean: list[float] | None = None
@@ -264,6 +268,11 @@ class SegmentationDataModule(L.LightningDataModule):
         roots = [Path(r) for r in _as_list(c.root)]
         if all((r / "train").is_dir() and (r / "val").is_dir() for r in roots):
             return self._pairs([r / "train" for r in roots]), self._pairs([r / "val" for r in roots])
+        if c.split == "spatial":
+            pairs = self._pairs(roots)
+            return pairs, list(pairs)
+        if c.split != "files":
+            raise ConfigError(f"data.split must be 'files' or 'spatial', got {c.split!r}")
         return split_files(self._pairs(roots), c.val_fraction, self.seed)
 
     def band_stats(self) -> tuple[list[float], list[float]]:
@@ -280,9 +289,12 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         c = self.cfg
+        tr_reg = va_reg = None
+        if c.split == "spatial" and not c.val_root:
+            tr_reg, va_reg = (c.split_axis, 0.0, 1 - c.val_fraction), (c.split_axis, 1 - c.val_fraction, 1.0)
         self.train_ds = SegmentationDataset(self.train_pairs, self.encoding, c.img_size, True, c.bands,
-                                            samples_per_image=c.samples_per_image, seed=self.seed)
-        self.val_ds = SegmentationDataset(self.val_pairs, self.encoding, None, False, c.bands)
+                                            samples_per_image=c.samples_per_image, seed=self.seed, region=tr_reg)
+        self.val_ds = SegmentationDataset(self.val_pairs, self.encoding, None, False, c.bands, region=va_reg)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.num_workers,

@@ -159,3 +159,15 @@ def test_synthetic_change_labels_objects_not_nuisance():
     assert np.abs(a.astype(float) - b)[:, lab == 0].mean() > 5
     a0, b0, lab0 = make_change_pair(64, 3, seed=1, num_removed=0, num_added=0)
     assert lab0.sum() == 0
+
+
+def test_spatial_holdout_regions_partition_labels(tmp_path):
+    from rsvision.tasks.segmentation import DataConfig, SegmentationDataModule
+
+    root = write_segmentation_folder(tmp_path / "d", n=1, size=40)
+    dm = SegmentationDataModule(DataConfig(root=str(root), classes=["a", "b", "c", "d"], split="spatial",
+                                           val_fraction=0.25, img_size=32))
+    dm.setup()
+    tr, va = dm.train_ds.load(0)[1], dm.val_ds.load(0)[1]
+    assert (tr[30:] == 255).all() and (va[:30] == 255).all()
+    assert ((tr != 255) | (va != 255)).all()  # every pixel labelled on exactly one side
