@@ -193,15 +193,9 @@ def iter_blended_strips(
     wh, ww = min(size, H), min(size, W)
     weights = torch.from_numpy(blend_weights(wh, ww, weight))
     total, done = len(ys) * len(xs), 0
-    buf_y0 = 0
     acc = np.zeros((num_classes, wh, W), np.float32)
     wsum = np.zeros((wh, W), np.float32)
-    for r, y0 in enumerate(ys):
-        if y0 > buf_y0:  # shift the buffer down (rows above y0 were emitted)
-            k = y0 - buf_y0
-            acc = np.concatenate([acc[:, k:], np.zeros((num_classes, k, W), np.float32)], 1)
-            wsum = np.concatenate([wsum[k:], np.zeros((k, W), np.float32)], 0)
-            buf_y0 = y0
+    for r, y0 in enumerate(ys):  # invariant: the buffer holds rows [y0, y0 + wh)
         wins = [Window(x0, y0, ww, wh) for x0 in xs]
         for i in range(0, len(wins), batch_size):
             group = wins[i : i + batch_size]
@@ -216,12 +210,10 @@ def iter_blended_strips(
             if progress is not None:
                 progress(done, total)
         end = ys[r + 1] if r + 1 < len(ys) else H  # rows < next window start are final
-        k = end - buf_y0
-        yield buf_y0, acc[:, :k] / wsum[None, :k]
-        acc, wsum = acc[:, k:], wsum[k:]
-        acc = np.concatenate([acc, np.zeros((num_classes, k, W), np.float32)], 1)
-        wsum = np.concatenate([wsum, np.zeros((k, W), np.float32)], 0)
-        buf_y0 = end
+        k = end - y0
+        yield y0, acc[:, :k] / wsum[None, :k]
+        acc = np.concatenate([acc[:, k:], np.zeros((num_classes, k, W), np.float32)], 1)
+        wsum = np.concatenate([wsum[k:], np.zeros((k, W), np.float32)], 0)
 
 
 def sliding_window_inference(
