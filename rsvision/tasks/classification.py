@@ -435,10 +435,13 @@ def train_classifier(cfg: ClassifyConfig, **trainer_overrides: Any) -> dict[str,
 
     t = cfg.trainer
     set_threads(t.threads)
+    L.seed_everything(t.seed, workers=True, verbose=False)  # model init below is part of the run
     out = Path(t.out)
     dm = ClassificationDataModule(cfg.data, seed=t.seed, run_dir=out)
     dm.setup("fit")
     d = cfg.data
+    if d.multilabel and t.monitor in ("val/acc", "val/aa", "val/kappa"):
+        t.monitor, t.mode = "val/mAP", "max"  # single-label metrics do not exist for multi-label
     d.classes, d.mean, d.std = list(dm.classes), list(dm.mean), list(dm.std)
     d.split_file = str(dm.split_file.resolve())
     d.root = str(Path(d.root).resolve()) if d.root else None

@@ -348,12 +348,17 @@ def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **ov
     accelerator, devices = parse_device(opts.device)
     if opts.devices not in (None, "", "auto"):
         devices = opts.devices
-    ckpt = ModelCheckpoint(
-        dirpath=str(out), filename="best", monitor=opts.monitor, mode=opts.mode, save_top_k=1,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    # Two callbacks: Lightning 2.6 writes `save_last` only when a top-k checkpoint was written in the
+    # same step, but resume needs last.ckpt after every epoch (and after a max_time stop).
+    best = ModelCheckpoint(
+        dirpath=str(out), filename=Path(BEST).stem, monitor=opts.monitor, mode=opts.mode, save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
     )
-    ckpt.CHECKPOINT_NAME_LAST = "last"
-    cbs: list[Callback] = [ckpt, SeedEveryStep(opts.seed), PlotCurvesAtEnd(out), *callbacks]
+    last = ModelCheckpoint(
+        dirpath=str(out), filename=Path(LAST).stem, monitor=None, save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    cbs: list[Callback] = [best, last, SeedEveryStep(opts.seed), PlotCurvesAtEnd(out), *callbacks]
     progress = str(opts.progress).lower()
     if progress == "rich":
         cbs.append(RichProgressBar(leave=True))

@@ -1,0 +1,145 @@
+"""Classification task: metrics, mixing, tiny training runs, exact resume, multi-label, checkpoints, DDP."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rsvision.data.synthetic.scenes import make_multilabel_dataset, make_scene_dataset
+from rsvision.tasks.classification import (
+    ClassifyConfig, classification_metrics, load_classifier, mix_batch, predict_images, train_classifier,
+)
+from rsvision.errors import CheckpointError
+
+TINY = "test_resnet"  # timm's ~0.4 M-parameter test model: fast, and any timm name must work
+
+
+def _cfg(root, out, epochs=2, **data):
+    cfg = ClassifyConfig()
+    cfg.data.root, cfg.data.img_size, cfg.data.batch_size = str(root), 24, 8
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    cfg.model.name = TINY
+    cfg.optim.lr = 3e-3
+    t = cfg.trainer
+    t.out, t.max_epochs, t.progress, t.threads, t.log_every_n_steps = str(out), epochs, "none", 1, 1
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    make_scene_dataset(root, num_classes=3, per_class=10, size=32, seed=0)
+    return root
+
+
+def test_metrics_match_torchmetrics():
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_cohen_kappa
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (300,), generator=g)
+    p = torch.where(torch.rand(300, generator=g) < 0.6, y, torch.randint(0, 5, (300,), generator=g))
+    cm = torch.bincount(y * 5 + p, minlength=25).view(5, 5).numpy()
+    m = classification_metrics(cm, list("abcde"))
+    assert m["overall_accuracy"] == pytest.approx(float(multiclass_accuracy(p, y, 5, average="micro")), abs=1e-6)
+    assert m["average_accuracy"] == pytest.approx(float(multiclass_accuracy(p, y, 5, average="macro")), abs=1e-6)
+    assert m["kappa"] == pytest.approx(float(multiclass_cohen_kappa(p, y, 5)), abs=1e-6)
+    assert sum(v["support"] for v in m["per_class"].values()) == 300
+
+
+def test_mix_batch_targets_are_distributions():
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 16, 16)
+    y = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+    for mixup, cutmix in [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)]:
+        xm, ym = mix_batch(x, y, mixup, cutmix)
+        assert xm.shape == x.shape and torch.allclose(ym.sum(1), torch.ones(6))
+    xm, ym = mix_batch(x, y, 0.0, 0.0)
+    assert xm is x and ym is y
+
+
+def test_train_eval_predict_and_checkpoint_contents(scenes, tmp_path):
+    out = tmp_path / "run"
+    res = train_classifier(_cfg(scenes, out, epochs=3))
+    for f in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.csv", "curves.png", "splits.csv",
+              "test_metrics.json", "confusion_matrix.png"):
+        assert (out / f).exists(), f
+    m = res["test"]
+    assert 0 <= m["overall_accuracy"] <= 1 and m["overall_accuracy"] > 0.5  # 3 easy classes
+    hp = torch.load(out / "best.ckpt", weights_only=True)["hyper_parameters"]
+    assert hp["model"]["name"] == TINY and hp["classes"] == sorted(["water", "forest", "field"])
+    assert hp["in_chans"] == 3 and len(hp["mean"]) == 3 and len(hp["std"]) == 3 and hp["img_size"] == 24
+    task = load_classifier(out / "best.ckpt")
+    preds = predict_images(task, sorted((scenes / "forest").iterdir())[:3], top_k=2)
+    assert [len(p["top"]) for p in preds] == [2, 2, 2]
+    assert all(abs(sum(p["probs"]) - 1) < 1e-5 for p in preds)
+    with pytest.raises(CheckpointError):
+        load_classifier(out / "metrics.csv")
+
+
+def test_resume_after_kill_gives_the_same_weights(scenes, tmp_path):
+    import lightning as L
+
+    class Kill(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.current_epoch == 2 and batch_idx == 1:
+                raise RuntimeError("simulated kill")
+
+    full = tmp_path / "full"
+    cfg = _cfg(scenes, full, epochs=3)
+    cfg.optim.mixup, cfg.optim.ema, cfg.model.drop_rate = 0.4, True, 0.2  # every random stream in play
+    train_classifier(cfg)
+    part = tmp_path / "part"
+    cfg.trainer.out = str(part)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_classifier(cfg, callbacks=[Kill()])
+    cfg.trainer.resume = True
+    train_classifier(cfg)
+    a = torch.load(full / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(part / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    rows = (part / "metrics.csv").read_text().splitlines()
+    assert rows == (full / "metrics.csv").read_text().splitlines()
+
+
+def test_multilabel_and_multiband(tmp_path):
+    csv_path, names = make_multilabel_dataset(tmp_path / "ml", num_classes=3, count=24, size=32)
+    cfg = _cfg(tmp_path / "ml", tmp_path / "run", epochs=1, csv=str(csv_path), multilabel=True)
+    cfg.optim.cutmix = 1.0
+    m = train_classifier(cfg)["test"]
+    assert {"mAP", "f1_micro", "f1_macro", "per_class"} <= m.keys() and 0 <= m["mAP"] <= 1
+    make_scene_dataset(tmp_path / "ms", num_classes=2, per_class=6, size=24, bands=7, dtype="uint16")
+    res = train_classifier(_cfg(tmp_path / "ms", tmp_path / "run7", epochs=1))
+    task = load_classifier(res["last"])
+    assert task.hparams.in_chans == 7 and len(task.hparams.mean) == 7
+
+
+@pytest.mark.slow  # ~15-40 s: two fresh interpreters import torch + lightning
+def test_ddp_two_cpu_processes(scenes, tmp_path):
+    """Two-process DDP (gloo) for a couple of steps: both ranks train, rank 0 writes the run dir."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        torch.set_num_threads(1)
+        from rsvision.tasks.classification import ClassifyConfig, train_classifier
+        cfg = ClassifyConfig()
+        cfg.data.root, cfg.data.img_size, cfg.data.batch_size = {str(scenes)!r}, 16, 4
+        cfg.model.name = {TINY!r}
+        t = cfg.trainer
+        t.out, t.max_epochs, t.progress, t.device = {str(tmp_path / 'run')!r}, 1, "none", "cpu"
+        t.strategy, t.devices = "ddp", 2
+        train_classifier(cfg, limit_train_batches=2, limit_val_batches=1)
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert ck["global_step"] == 2
+    assert (tmp_path / "run" / "test_metrics.json").exists()
