@@ -28,7 +28,7 @@ from rsvision.data.raster import compute_band_stats
 from rsvision.data.segmentation import (
     SegmentationDataset, colorize, default_palette, find_pairs, get_encoding, overlay,
 )
-from rsvision.errors import BandMismatchError, CheckpointError, ConfigError, DataError
+from rsvision.errors import BandMismatchError, CheckpointError, ConfigError
 from rsvision.tasks.common import TrainerOptions, build_trainer, fit, to_plain, write_config
 from rsvision.tasks.metrics import segmentation_metrics
 from rsvision.tasks.sliding import RasterSource, iter_blended_strips, sliding_window_inference
