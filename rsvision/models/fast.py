@@ -146,12 +146,37 @@ class PhaseDilatedConv2d(nn.Conv2d):
         return new
 
 
-class _Conv(nn.Module):
-    """A conv with constant (folded) weights and an optional fused epilogue.
+def _conv(x, w, b, padding=0, stride=1, groups=1, dilation=1, act=None, other=None, op=None):
+    """Conv with optional epilogue: ``act`` None | "gelu" | "sigmoid", then ``op`` with ``other``:
+    "mul" -> ``conv(x) * other``, "add" -> ``conv(x) + other``, "add_" -> ``other += conv(x)``
+    (in place, returns ``other``). oneDNN fuses them on CPU float32; elsewhere plain ops."""
+    p, s, dl = [padding] * 2, [stride] * 2, [dilation] * 2
+    if _use_mkldnn(x) and x.is_contiguous(memory_format=_CL):
+        if op is None:
+            alg = "none" if act == "gelu" else None
+            return torch.ops.mkldnn._convolution_pointwise(x, w, b, p, s, dl, groups, act or "none", [], alg)
+        assert act is None and other.is_contiguous(memory_format=_CL)
+        if op == "add_":
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                other, x, w, b, p, s, dl, groups, "add", None, None, [], None
+            )
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, other, w, b, p, s, dl, groups, op, None, None, [], None)
+    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    if act == "gelu":
+        y = F.gelu(y)
+    elif act == "sigmoid":
+        y = y.sigmoid()
+    if op == "add_":
+        return other.add_(y) if not _tracing() else other + y
+    if op == "add":
+        return y + other
+    if op == "mul":
+        return y * other
+    return y
 
-    ``act``: None | "gelu" | "sigmoid". ``forward(x, other, op)``: ``op`` "mul" returns
-    ``conv(x) * other``; "add_" adds ``conv(x)`` into ``other`` in place and returns it.
-    """
+
+class _Conv(nn.Module):
+    """A conv with constant (folded) weights and an optional fused epilogue (see ``_conv``)."""
 
     def __init__(self, weight, bias, padding=0, stride=1, groups=1, act=None, dilation=1):
         super().__init__()
@@ -176,30 +201,40 @@ class _Conv(nn.Module):
         return cls(w, b, conv.padding[0], conv.stride[0], conv.groups, act, conv.dilation[0])
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None, op: Optional[str] = None):
-        p, s, dl = [self.padding] * 2, [self.stride] * 2, [self.dilation] * 2
-        if _use_mkldnn(x) and x.is_contiguous(memory_format=_CL):
-            if op is None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, self.weight, self.bias, p, s, dl, self.groups, self.act or "none", [], "none" if self.act == "gelu" else None
-                )
-            assert self.act is None and other.is_contiguous(memory_format=_CL)
-            if op == "add_":
-                return torch.ops.mkldnn._convolution_pointwise_.binary(
-                    other, x, self.weight, self.bias, p, s, dl, self.groups, "add", None, None, [], None
-                )
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, self.weight, self.bias, p, s, dl, self.groups, "mul", None, None, [], None
-            )
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.act == "gelu":
-            y = F.gelu(y)
-        elif self.act == "sigmoid":
-            y = y.sigmoid()
-        if op == "add_":
-            return other.add_(y) if not _tracing() else other + y
-        if op == "mul":
-            return y * other
-        return y
+        return _conv(x, self.weight, self.bias, self.padding, self.stride, self.groups, self.dilation, self.act, other, op)
+
+
+# Hidden activations above this size are split into channel groups on CPU: fresh multi-MB
+# tensors cost page faults (glibc returns big blocks to the OS on free), smaller ones are reused.
+_CHUNK_BYTES = 8 << 20
+
+
+def _ffn(x, res, first: _Conv, dw: _Conv, last: _Conv, gate: Optional[_Conv] = None):
+    """``res + last(dw(first(x)) [* gate(x)])``, written into ``res`` when not split.
+
+    The hidden width is processed in channel groups when large: ``dw`` is depthwise, so each
+    group is independent and ``last`` sums over groups (exact up to summation order).
+    """
+    hidden = dw.weight.shape[0]
+    B, _, H, W = x.shape
+    groups = -(-B * H * W * hidden * 4 // _CHUNK_BYTES) if _use_mkldnn(x) else 1
+    if groups <= 1:
+        h = first(x)
+        d = dw(h, gate(x), "mul") if gate is not None else dw(h)
+        return last(d, res, "add_")
+    n = -(-hidden // groups // 16) * 16
+    out = None
+    for s in range(0, hidden, n):
+        e = min(s + n, hidden)
+        h = _conv(x, first.weight[s:e], first.bias[s:e])
+        if gate is not None:
+            g = _conv(x, gate.weight[s:e], gate.bias[s:e])
+            d = _conv(h, dw.weight[s:e], dw.bias[s:e], dw.padding, groups=e - s, other=g, op="mul")
+        else:
+            d = _conv(h, dw.weight[s:e], dw.bias[s:e], dw.padding, groups=e - s, act=dw.act)
+        w2 = last.weight[:, s:e].contiguous()
+        out = _conv(d, w2, last.bias, other=res, op="add") if out is None else _conv(d, w2, None, other=out, op="add_")
+    return out
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,7 +317,7 @@ class FastLSKBlock(_InferenceOnly):
         z = self.conv(m, h, "mul")  # conv(m) * h
         acc = torch.addcmul(self.c1, x, self.r1)
         acc = self.proj_2(z, acc, "add_")
-        return self.fc2(self.dwconv(self.fc1(acc)), acc, "add_")
+        return _ffn(acc, acc, self.fc1, self.dwconv, self.fc2)
 
 
 class FastHAKSBlock(_InferenceOnly):
@@ -342,8 +377,7 @@ class FastHAKSBlock(_InferenceOnly):
             z = torch.cat([self.partial(z[:, : self.dim_conv]), z[:, self.dim_conv :]], 1)
         else:
             z[:, : self.dim_conv] = self.partial(z[:, : self.dim_conv].contiguous(memory_format=_CL))
-        d = self.dwconv(self.lin1a(z), self.lin1b(z), "mul")
-        return self.linear2(d, acc, "add_")
+        return _ffn(z, acc, self.lin1a, self.dwconv, self.linear2, gate=self.lin1b)
 
 
 def _backbones(model: nn.Module) -> list[PyramidBackbone]:
