@@ -65,3 +65,29 @@ def batched(windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
     """Yield consecutive groups of at most ``batch_size`` windows."""
     for i in range(0, len(windows), batch_size):
         yield windows[i : i + batch_size]
+
+
+def split_windows(
+    height: int, width: int, sizes: list[int], gaps: list[int], img_rate_thr: float = 0.6
+) -> list[Window]:
+    """Windows of MMRotate's ``img_split.get_sliding_window`` (the rule ``dota split`` follows).
+
+    For each ``(size, gap)`` the starts are :func:`window_starts` along x and y, enumerated x-outer /
+    y-inner (MMRotate's ``itertools.product(x_start, y_start)`` order). Windows keep their full
+    ``size`` (they may extend past a small image: the caller pads). A window is kept when the image
+    covers more than ``img_rate_thr`` of it; if none does, the best-covered ones (within 0.01) are kept.
+    """
+    wins: list[Window] = []
+    for size, gap in zip(sizes, gaps):
+        for x0 in window_starts(width, size, gap):
+            for y0 in window_starts(height, size, gap):
+                wins.append(Window(x0, y0, size, size))
+    if not wins:
+        return wins
+    rates = [
+        (max(0, min(w.x1, width) - w.x0) * max(0, min(w.y1, height) - w.y0)) / (w.width * w.height) for w in wins
+    ]
+    if not any(r > img_rate_thr for r in rates):
+        best = max(rates)
+        rates = [1.0 if abs(r - best) < 0.01 else r for r in rates]
+    return [w for w, r in zip(wins, rates) if r > img_rate_thr]
