@@ -26,7 +26,7 @@ from torch import nn
 import rsvision  # noqa: F401  (registers lsknet_* / haksnet_* with timm)
 from rsvision.data.classification import ClassificationDataConfig
 from rsvision.errors import CheckpointError
-from rsvision.tasks.common import TrainerOptions
+from rsvision.tasks.common import TrainerOptions, budget_progress
 
 __all__ = [
     "ModelConfig", "OptimConfig", "ClassifyConfig", "ClassificationTask", "mix_batch",
@@ -44,6 +44,7 @@ class ModelConfig:
     pretrained: str | None = None  # backbone or classifier checkpoint (rsvision.models.load_checkpoint)
     drop_rate: float = 0.0
     drop_path_rate: float | None = None
+    channels_last: bool = False  # NHWC memory format: ~20% faster LSKNet training on CPU
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +62,9 @@ class OptimConfig:
     mix_prob: float = 1.0
     ema: bool = False
     ema_decay: float = 0.998
+    # "epochs": cosine over max_epochs; "time": cosine over the trainer's max_time budget (or over
+    # max_epochs if that comes first), so a time-limited run ends annealed whatever the machine speed
+    schedule: str = "epochs"
 
 
 def _classify_trainer() -> TrainerOptions:
@@ -170,6 +174,10 @@ class ClassificationTask(L.LightningModule):
         self.classes = list(classes)
         self.multilabel = bool(multilabel)
         self.optim_cfg = OptimConfig(**(optim or {}))
+        if self.optim_cfg.schedule not in ("epochs", "time"):
+            from rsvision.errors import ConfigError
+
+            raise ConfigError(f"optim.schedule must be 'epochs' or 'time', got {self.optim_cfg.schedule!r}")
         m = ModelConfig(**{k: v for k, v in model.items() if k in ModelConfig.__dataclass_fields__})
         extra = dict(m.kwargs)
         if m.drop_path_rate is not None:
@@ -179,6 +187,9 @@ class ClassificationTask(L.LightningModule):
                                            in_chans=in_chans, drop_rate=m.drop_rate, **extra)
         except RuntimeError as exc:  # timm: "Unknown model"
             raise CheckpointError(f"cannot build model {m.name!r}: {exc}") from exc
+        self.channels_last = bool(m.channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.ema: nn.Module | None = None
         if self.optim_cfg.ema:
             self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -190,7 +201,10 @@ class ClassificationTask(L.LightningModule):
         return self.ema if self.ema is not None else self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net()(x)
+        return self.net()(self._fmt(x))
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def load_pretrained(self, path: str | Path):
         """Load backbone / classifier weights (any format rsvision.models.load_checkpoint takes)."""
@@ -218,7 +232,7 @@ class ClassificationTask(L.LightningModule):
         x, y = batch["image"], batch["label"]
         o = self.optim_cfg
         xm, soft = mix_batch(x, self._soft_targets(y), o.mixup, o.cutmix, o.mix_prob)
-        logits = self.model(xm)
+        logits = self.model(self._fmt(xm))
         loss = self._loss(logits, soft)
         bs = len(x)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
@@ -247,7 +261,7 @@ class ClassificationTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x, y = batch["image"], batch["label"]
-        logits = self.net()(x)
+        logits = self(x)
         if self.multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, y.float())
             self._val_probs.append(torch.sigmoid(logits).cpu())
@@ -283,10 +297,14 @@ class ClassificationTask(L.LightningModule):
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         warm = int(round(o.warmup_epochs * total / epochs))
 
+        by_time = o.schedule == "time"
+
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / (warm + 1)
             t = min((step - warm) / max(total - warm, 1), 1.0)
+            if by_time:
+                t = max(t, budget_progress(self._trainer) or 0.0)
             return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -307,7 +325,7 @@ def evaluate(task: ClassificationTask, loader, device: str | torch.device = "cpu
 
         it = track(loader, description="evaluating", transient=True)
     for batch in it:
-        logits = net(batch["image"].to(device)).float().cpu()
+        logits = net(task._fmt(batch["image"].to(device))).float().cpu()
         y = batch["label"]
         if task.multilabel:
             probs.append(torch.sigmoid(logits))
@@ -399,7 +417,7 @@ def predict_images(task: ClassificationTask, paths: Sequence[str | Path], batch_
     def flush():
         if not batch:
             return
-        logits = net(torch.stack(batch).to(device)).float().cpu()
+        logits = net(task._fmt(torch.stack(batch).to(device))).float().cpu()
         probs = torch.sigmoid(logits) if task.multilabel else logits.softmax(-1)
         for meta, p in zip(metas, probs):
             v, i = p.topk(min(top_k, len(task.classes)))

@@ -50,7 +50,7 @@ METRICS = "metrics.csv"
 
 __all__ = [
     "TrainerOptions", "parse_device", "parse_max_time", "build_trainer", "fit", "resume_path",
-    "write_config", "write_json", "to_plain", "seed_all", "SeededRandomSampler", "SeedEveryStep", "PlotCurvesAtEnd", "set_threads",
+    "write_config", "write_json", "to_plain", "seed_all", "SeededRandomSampler", "SeedEveryStep", "EpochTimeBudget", "budget_progress", "PlotCurvesAtEnd", "set_threads",
     "BEST", "LAST", "CONFIG", "METRICS",
 ]
 
@@ -244,6 +244,53 @@ class SeedEveryStep(Callback):
         self._seed(trainer, 1, trainer.global_step)
 
 
+def _timer(trainer: L.Trainer):
+    from lightning.pytorch.callbacks import Timer
+
+    return next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+
+
+def budget_progress(trainer: L.Trainer | None) -> float | None:
+    """Fraction of the ``max_time`` budget used so far (kept across ``--resume``); None without one."""
+    timer = _timer(trainer) if trainer is not None else None
+    if timer is None or timer._duration is None:
+        return None
+    return min(timer.time_elapsed("train") / max(timer._duration, 1e-9), 1.0)
+
+
+class EpochTimeBudget(Callback):
+    """With ``max_time``: stop at an epoch end when the next epoch would not fit in the budget.
+
+    Lightning's own Timer stops mid-epoch, losing the partial epoch (it is never validated); this
+    stops one epoch earlier instead, so every trained step is validated and can become best.ckpt.
+    The Timer stays as the hard limit.
+    """
+
+    def __init__(self, margin: float = 1.1):
+        self.margin = margin
+        self.durations: list[float] = []
+        self._t0 = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import time
+
+        self._t0 = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import time
+
+        self.durations.append(time.monotonic() - self._t0)
+        timer = _timer(trainer)
+        if timer is None or timer._duration is None:
+            return
+        left = timer.time_remaining("train")
+        need = self.margin * max(self.durations[-3:])
+        if left is not None and left < need and trainer.current_epoch + 1 < (trainer.max_epochs or 0):
+            log.warning("time budget: %.0f s left < %.0f s per epoch; stopping after epoch %d",
+                        left, need, trainer.current_epoch)
+            trainer.should_stop = True
+
+
 class PlotCurvesAtEnd(Callback):
     """At the end of ``fit`` (also after a time-budget stop) plot ``metrics.csv`` to PNG in the run dir."""
 
@@ -359,6 +406,8 @@ def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **ov
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     cbs: list[Callback] = [best, last, SeedEveryStep(opts.seed), PlotCurvesAtEnd(out), *callbacks]
+    if opts.max_time:
+        cbs.append(EpochTimeBudget())
     progress = str(opts.progress).lower()
     if progress == "rich":
         cbs.append(RichProgressBar(leave=True))

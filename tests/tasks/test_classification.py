@@ -109,6 +109,18 @@ def test_resume_after_kill_gives_the_same_weights(scenes, tmp_path):
     assert rows == (full / "metrics.csv").read_text().splitlines()
 
 
+def test_time_budget_stops_at_an_epoch_end(scenes, tmp_path):
+    cfg = _cfg(scenes, tmp_path / "run", epochs=1000)
+    cfg.trainer.max_time = 0.1  # minutes
+    cfg.optim.schedule = "time"
+    res = train_classifier(cfg)
+    ck = torch.load(res["last"], weights_only=True)
+    assert 0 < ck["epoch"] < 999 and "test" in res
+    lrs = [float(r.split(",")[1]) for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+           if r.split(",")[1]]
+    assert lrs[-1] < 0.5 * max(lrs)  # the cosine followed the clock, not the 1000 epochs
+
+
 def test_multilabel_and_multiband(tmp_path):
     csv_path, names = make_multilabel_dataset(tmp_path / "ml", num_classes=3, count=24, size=32)
     cfg = _cfg(tmp_path / "ml", tmp_path / "run", epochs=1, csv=str(csv_path), multilabel=True)
