@@ -202,3 +202,22 @@ def test_pretrained_backbone_is_loaded(tmp_path):
     src = {k.replace(".", "_"): v for k, v in backbone.state_dict().items()}
     matched = [k for k, v in enc.items() if torch.equal(src[k.replace(".", "_")], v)]
     assert len(matched) == len(enc)
+
+
+def test_raster_source_masks_nodata_and_alpha(tmp_path):
+    from rsvision.data.tiling import Window
+
+    arr = np.full((3, 20, 30), 50, np.uint8)
+    arr[:, :5, :] = 0
+    p = tmp_path / "nd.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=30, height=20, count=3, dtype="uint8", nodata=0) as d:
+        d.write(arr)
+    src = RasterSource(p)
+    valid = src.valid(Window(0, 0, 30, 20))
+    assert not valid[:5].any() and valid[5:].all()
+    rgba = tmp_path / "rgba.tif"
+    with rasterio.open(rgba, "w", driver="GTiff", width=30, height=20, count=4, dtype="uint8", photometric="RGB",
+                       alpha="YES") as d:
+        d.write(np.concatenate([arr, np.where(arr[:1] > 0, 255, 0).astype(np.uint8)]))
+    src = RasterSource(rgba)
+    assert src.count == 3 and not src.valid(Window(0, 0, 30, 20))[:5].any()
