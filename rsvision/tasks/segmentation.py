@@ -86,9 +86,13 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW; ``schedule``: ``cosine`` (per step over max_epochs), ``time`` (also over max_time), ``constant``."""
+
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
 
 
 @dataclass
@@ -222,12 +226,33 @@ class DenseTask(L.LightningModule):
             self.log(f"val/{k}", float(m[k] or 0.0), prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self):
+        import math
+
+        from rsvision.tasks.common import budget_progress
+
         o = dict(self.hparams.get("optim") or {})
         opt = torch.optim.AdamW(self.parameters(), lr=float(o.get("lr", 1e-3)), weight_decay=float(o.get("weight_decay", 1e-4)))
-        if o.get("schedule", "cosine") == "cosine" and self.trainer is not None and self.trainer.max_epochs:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(self.trainer.max_epochs)))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        return opt
+        schedule = o.get("schedule", "cosine")
+        if schedule not in ("cosine", "time", "constant"):
+            raise ConfigError(f"optim.schedule must be cosine, time or constant, got {schedule!r}")
+        if schedule == "constant" or self._trainer is None:
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warm = min(int(o.get("warmup_steps", 0)), total - 1)
+        min_ratio = float(o.get("min_lr_ratio", 0.01))
+
+        def factor(step: int) -> float:
+            # per-step cosine over the run; "time" also anneals over the trainer's max_time budget, so a
+            # time-limited run ends at a low learning rate whatever the machine speed
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            t = min((step - warm) / max(total - warm, 1), 1.0)
+            if schedule == "time":
+                t = max(t, budget_progress(self._trainer) or 0.0)
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class SegmentationTask(DenseTask):
