@@ -395,7 +395,8 @@ def eval_dataset(task: ClassificationTask, data: str | Path, split_file: str | P
         samples = [s for s in samples if table.get(_rel(s.path, root)) == split]
         if not samples:
             raise DataError(f"no images of split {split!r} under {data}", path=split_file)
-    return _eval_dataset(task, samples, skip_bad)
+    ds = _eval_dataset(task, samples, skip_bad)
+    return ds.cache() if skip_bad else ds  # decode up front: bad files dropped, not substituted
 
 
 @torch.inference_mode()
