@@ -165,8 +165,16 @@ def match_state_dict(
     strip, add = _best_prefix_rewrite(list(renamed), tgt_keys)
     out: dict[str, torch.Tensor] = {}
     classifier = _classifier_prefixes(model)
+    # timm's FeatureListNet flattens module paths ("stages.0" -> "stages_0"): match those
+    # keys with "_" and "." treated alike when that is unambiguous.
+    flat: dict[str, str | None] = {}
+    for t in tgt_keys:
+        n = t.replace("_", ".")
+        flat[n] = None if n in flat else t
     for k, v in renamed.items():
         nk = add + k[len(strip):] if k.startswith(strip) else k
+        if nk not in tgt_keys:
+            nk = flat.get(nk.replace("_", ".")) or flat.get(k.replace("_", ".")) or nk
         if nk not in tgt_keys:
             report.unexpected.append(k)
             continue

@@ -226,3 +226,14 @@ def test_segmentation_models_pytorch_encoder():
     with torch.no_grad():
         y = net.eval()(torch.randn(1, 4, 128, 128))
     assert y.shape == (1, 3, 128, 128)
+
+
+def test_load_into_timm_feature_list_wrapper_with_flattened_names():
+    """timm's FeatureListNet renames ``stages.0`` to ``stages_0``; load_checkpoint still matches."""
+    src = timm.create_model("convnext_atto", num_classes=0).eval()
+    m = timm.create_model("convnext_atto", features_only=True, out_indices=(0, 1, 2, 3)).eval()
+    report = load_checkpoint(m, src.state_dict())
+    assert not report.missing
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x)[-1], src.forward_features(x))
