@@ -6,7 +6,8 @@ to ``n + 1`` slots (a convex polygon cut by a line gains at most one vertex), un
 the last vertex, so degenerate (zero-length) edges are harmless and the shoelace area is exact. The
 slot count adapts to the batch (float noise on near-coincident edges can add spurious vertex pairs;
 they are kept, never truncated, because dropping one can cut away a real corner).
-Dense ``N x M`` matrices only clip the pairs whose circumscribed circles meet (others are exactly 0),
+Dense ``N x M`` matrices only clip the pairs whose circumscribed circles and axis-aligned bounding
+boxes both meet (others are exactly 0),
 in chunks, so memory stays bounded. CPU and CUDA, float32 and float64, any angle.
 
 Semantics (mmcv 1.7.2): areas are ``w * h``; a pair with either area below ``1e-14`` (zero-width or
@@ -147,51 +148,96 @@ def box_iou_rotated(
     return out
 
 
-def candidate_pairs(boxes1: Tensor, boxes2: Tensor, same: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Index pairs ``(i, j)`` whose circumscribed circles meet; every other pair has IoU exactly 0.
+def _half_extents(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Circumradius and axis-aligned half extents of (N, 5) boxes."""
+    cos, sin = torch.cos(b[:, 4]).abs(), torch.sin(b[:, 4]).abs()
+    w, h = b[:, 2].abs() * 0.5, b[:, 3].abs() * 0.5
+    return torch.sqrt(w * w + h * h), w * cos + h * sin, w * sin + h * cos
 
-    A sweep over ``boxes2`` sorted by x finds, per row, the band ``|dx| <= r_i + max(r)`` with
-    ``searchsorted``; only those pairs get the exact circle test, in blocks of ~4M pairs, so sparse
-    scenes cost far less than ``N x M``. ``same`` (an ``(N, M)`` bool) optionally restricts to pairs
-    with ``same[i, j]`` (per-class NMS). Rows with NaN yield no pairs (callers handle them).
-    """
-    dev = boxes1.device
-    b1 = torch.nan_to_num(boxes1, nan=0.0)
-    b2 = torch.nan_to_num(boxes2, nan=0.0)
-    r1 = 0.5 * torch.sqrt(b1[:, 2] ** 2 + b1[:, 3] ** 2)
-    r2 = 0.5 * torch.sqrt(b2[:, 2] ** 2 + b2[:, 3] ** 2)
-    empty = torch.zeros(0, dtype=torch.long, device=dev)
-    if b1.shape[0] == 0 or b2.shape[0] == 0:
-        return empty, empty
-    x2, order2 = torch.sort(b2[:, 0])
-    reach = (r1 + r2.max()) * (1 + 1e-5) + 1e-3
-    lo = torch.searchsorted(x2, b1[:, 0] - reach)
-    hi = torch.searchsorted(x2, b1[:, 0] + reach, right=True)
+
+def _grow(v: Tensor) -> Tensor:
+    """Inclusive margin so float rounding never drops a touching / overlapping pair."""
+    return v * (1 + 1e-5) + 1e-3
+
+
+def _sweep(
+    q: tuple[Tensor, ...], t: tuple[Tensor, ...], lo: Tensor, hi: Tensor, order: Tensor, labels
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Pairs (query row, target row) for target sorted positions ``[lo, hi)`` per query, filtered by
+    the exact necessary conditions (circles and axis-aligned boxes meet, equal labels)."""
+    (qx, qy, qr, qex, qey), (tx, ty, tr, tex, tey) = q, t
     counts = (hi - lo).clamp(min=0)
     ends = torch.cumsum(counts, 0)
-    budget = 1 << 22
+    budget, n, s = 1 << 22, counts.shape[0], 0
     ii, jj = [], []
-    s = 0
-    n = b1.shape[0]
     while s < n:
         base = ends[s - 1] if s > 0 else ends.new_zeros(())
-        e = int(torch.searchsorted(ends, base + budget, right=True))
-        e = min(max(e, s + 1), n)
+        e = min(max(int(torch.searchsorted(ends, base + budget, right=True)), s + 1), n)
         cnt = counts[s:e]
-        rows = torch.repeat_interleave(torch.arange(s, e, device=dev), cnt)
+        rows = torch.repeat_interleave(torch.arange(s, e, device=lo.device), cnt)
         if rows.numel():
-            first = torch.cumsum(cnt, 0) - cnt
-            offs = torch.arange(rows.numel(), device=dev) - torch.repeat_interleave(first, cnt)
-            cols = order2[lo[rows] + offs]
-            dx = b1[rows, 0] - b2[cols, 0]
-            dy = b1[rows, 1] - b2[cols, 1]
-            lim = (r1[rows] + r2[cols]) * (1 + 1e-5) + 1e-3  # inclusive margin for float rounding
-            keep = dx * dx + dy * dy <= lim * lim
-            if same is not None:
-                keep &= same[rows, cols]
+            offs = torch.arange(rows.numel(), device=lo.device) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+            cols = order[lo[rows] + offs]
+            dx = qx[rows] - tx[cols]
+            dy = qy[rows] - ty[cols]
+            lim = _grow(qr[rows] + tr[cols])
+            keep = (dx * dx + dy * dy <= lim * lim) & (dy.abs() <= _grow(qey[rows] + tey[cols]))
+            keep &= dx.abs() <= _grow(qex[rows] + tex[cols])
+            if labels is not None:
+                keep &= labels[0][rows] == labels[1][cols]
             ii.append(rows[keep])
             jj.append(cols[keep])
         s = e
+    return ii, jj
+
+
+def candidate_pairs(
+    boxes1: Tensor, boxes2: Tensor | None = None, labels1: Tensor | None = None, labels2: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Index pairs ``(i, j)`` that may overlap; every other pair has IoU exactly 0.
+
+    Sweep on the boxes' left edges: a pair whose x-extents meet has one left edge inside the other
+    box's x-extent, so ``searchsorted`` on sorted left edges yields every such pair exactly once,
+    after which the circumscribed circles and the axis-aligned boxes must meet too (with a small
+    inclusive margin for float rounding). Cost ~ the number of x-overlapping pairs, in blocks of
+    ~4M, not ``N x M``. ``boxes2=None`` gives the unordered pairs ``i < j`` of ``boxes1`` with itself
+    (for NMS). With ``labels1``/``labels2`` only pairs of equal label are returned. Rows with NaN
+    yield no pairs (callers handle them).
+    """
+    dev = boxes1.device
+    empty = torch.zeros(0, dtype=torch.long, device=dev)
+    self_pairs = boxes2 is None
+    if self_pairs:
+        boxes2, labels2 = boxes1, labels1
+    if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
+        return empty, empty
+    b1 = torch.nan_to_num(boxes1, nan=0.0)
+    b2 = b1 if self_pairs else torch.nan_to_num(boxes2, nan=0.0)
+    r1, ex1, ey1 = _half_extents(b1)
+    r2, ex2, ey2 = (r1, ex1, ey1) if self_pairs else _half_extents(b2)
+    left1, right1 = b1[:, 0] - _grow(ex1), b1[:, 0] + _grow(ex1)
+    left2, right2 = b2[:, 0] - _grow(ex2), b2[:, 0] + _grow(ex2)
+    q1 = (b1[:, 0], b1[:, 1], r1, ex1, ey1)
+    q2 = (b2[:, 0], b2[:, 1], r2, ex2, ey2)
+    labels = None if labels1 is None or labels2 is None else (labels1, labels2)
+    sorted2, order2 = torch.sort(left2, stable=True)
+    if self_pairs:  # each unordered pair once: targets after the query in left-edge order
+        rank = torch.empty_like(order2)
+        rank[order2] = torch.arange(order2.numel(), device=dev)
+        lo = rank + 1
+        hi = torch.searchsorted(sorted2, right1, right=True)
+        ii, jj = _sweep(q1, q2, lo, hi, order2, labels)
+        i, j = (torch.cat(ii), torch.cat(jj)) if ii else (empty, empty)
+        return torch.minimum(i, j), torch.maximum(i, j)
+    # boxes2 whose left edge lies in [left1, right1] ...
+    ii, jj = _sweep(q1, q2, torch.searchsorted(sorted2, left1), torch.searchsorted(sorted2, right1, right=True),
+                    order2, labels)
+    # ... plus boxes1 whose left edge lies in (left2, right2]
+    sorted1, order1 = torch.sort(left1, stable=True)
+    lab_rev = None if labels is None else (labels[1], labels[0])
+    jj2, ii2 = _sweep(q2, q1, torch.searchsorted(sorted1, left2, right=True),
+                      torch.searchsorted(sorted1, right2, right=True), order1, lab_rev)
+    ii, jj = ii + ii2, jj + jj2
     if not ii:
         return empty, empty
     return torch.cat(ii), torch.cat(jj)

@@ -1,6 +1,6 @@
 """Greedy rotated NMS with mmcv ``nms_rotated`` semantics, vectorised.
 
-The IoUs of all overlapping pairs (circumscribed circles meet) are computed in one batched call of
+The IoUs of all possibly overlapping pairs (:func:`~rsvision.ops.iou.candidate_pairs`) are computed in one batched call of
 the exact clipping kernel; the greedy pass then only walks a sparse list of "i suppresses j" edges
 (``IoU >= threshold``, inclusive as mmcv), so the cost is dominated by the vectorised IoU, not by
 Python. Results are indices into the input in decreasing score order, ties broken by input order
@@ -29,13 +29,8 @@ def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | Non
         seen: dict = {}
         keep = [k for k, c in enumerate(idxs[order].tolist()) if seen.setdefault(c, k) == k]
         return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
-    same = None
-    if idxs is not None:
-        lab = idxs[order]
-        same = lab[:, None] == lab[None, :]
-    i, j = candidate_pairs(b, b, same)
-    upper = i < j
-    i, j = i[upper], j[upper]
+    lab = idxs[order] if idxs is not None else None
+    i, j = candidate_pairs(b, None, lab, lab)  # unordered pairs, i < j (i ranks higher)
     if i.numel():
         area = b[:, 2] * b[:, 3]
         inter = rotated_intersection_area(b[i], b[j])
