@@ -391,7 +391,14 @@ def load_task(path: str | Path, device: str = "cpu") -> DenseTask:
     else:
         raise CheckpointError(f"checkpoint is for task {hp.get('task')!r}, not segment / change", path=path)
     task = cls(**{k: v for k, v in hp.items() if k != "task"})
-    task.load_state_dict(ckpt["state_dict"])
+    try:
+        task.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        own, theirs = set(task.state_dict()), set(ckpt.get("state_dict", {}))
+        missing, unexpected = sorted(own - theirs), sorted(theirs - own)
+        raise CheckpointError(f"weights do not fit the model its hyper_parameters describe (made by another "
+                              f"rsvision version?): missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                              f"{len(missing)}/{len(unexpected)} in all", path=path) from exc
     return task.eval().to(device)
 
 

@@ -221,3 +221,18 @@ def test_raster_source_masks_nodata_and_alpha(tmp_path):
         d.write(np.concatenate([arr, np.where(arr[:1] > 0, 255, 0).astype(np.uint8)]))
     src = RasterSource(rgba)
     assert src.count == 3 and not src.valid(Window(0, 0, 30, 20))[:5].any()
+
+
+def test_bad_checkpoints_raise_checkpoint_error(trained, tmp_path):
+    from rsvision.errors import CheckpointError
+    from rsvision.tasks.segmentation import load_task
+
+    d, _ = trained
+    ckpt = torch.load(d / "run" / "best.ckpt", map_location="cpu", weights_only=True)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    torch.save(ckpt, tmp_path / "broken.ckpt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_task(tmp_path / "broken.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    with pytest.raises(CheckpointError, match="hyper_parameters"):
+        load_task(tmp_path / "plain.ckpt")
