@@ -160,12 +160,10 @@ def _grow(v: Tensor) -> Tensor:
     return v * (1 + 1e-5) + 1e-3
 
 
-def _sweep(
-    q: tuple[Tensor, ...], t: tuple[Tensor, ...], lo: Tensor, hi: Tensor, order: Tensor, labels
-) -> tuple[list[Tensor], list[Tensor]]:
+def _sweep(q: Tensor, t: Tensor, lo: Tensor, hi: Tensor, order: Tensor, labels) -> tuple[list[Tensor], list[Tensor]]:
     """Pairs (query row, target row) for target sorted positions ``[lo, hi)`` per query, filtered by
-    the exact necessary conditions (circles and axis-aligned boxes meet, equal labels)."""
-    (qx, qy, qr, qex, qey), (tx, ty, tr, tex, tey) = q, t
+    the exact necessary conditions (circles and axis-aligned boxes meet, equal labels).
+    ``q``/``t`` are (N, 5) = (cx, cy, radius, x half extent, y half extent)."""
     counts = (hi - lo).clamp(min=0)
     ends = torch.cumsum(counts, 0)
     budget, n, s = 1 << 22, counts.shape[0], 0
@@ -178,11 +176,11 @@ def _sweep(
         if rows.numel():
             offs = torch.arange(rows.numel(), device=lo.device) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
             cols = order[lo[rows] + offs]
-            dx = qx[rows] - tx[cols]
-            dy = qy[rows] - ty[cols]
-            lim = _grow(qr[rows] + tr[cols])
-            keep = (dx * dx + dy * dy <= lim * lim) & (dy.abs() <= _grow(qey[rows] + tey[cols]))
-            keep &= dx.abs() <= _grow(qex[rows] + tex[cols])
+            a, b = q[rows], t[cols]
+            d = (a[:, :2] - b[:, :2]).abs()
+            lim = _grow(a[:, 2:] + b[:, 2:])  # radius, x and y half extents
+            keep = (d * d).sum(1) <= lim[:, 0] * lim[:, 0]
+            keep &= (d[:, 0] <= lim[:, 1]) & (d[:, 1] <= lim[:, 2])
             if labels is not None:
                 keep &= labels[0][rows] == labels[1][cols]
             ii.append(rows[keep])
@@ -217,8 +215,8 @@ def candidate_pairs(
     r2, ex2, ey2 = (r1, ex1, ey1) if self_pairs else _half_extents(b2)
     left1, right1 = b1[:, 0] - _grow(ex1), b1[:, 0] + _grow(ex1)
     left2, right2 = b2[:, 0] - _grow(ex2), b2[:, 0] + _grow(ex2)
-    q1 = (b1[:, 0], b1[:, 1], r1, ex1, ey1)
-    q2 = (b2[:, 0], b2[:, 1], r2, ex2, ey2)
+    q1 = torch.stack([b1[:, 0], b1[:, 1], r1, ex1, ey1], 1)
+    q2 = q1 if self_pairs else torch.stack([b2[:, 0], b2[:, 1], r2, ex2, ey2], 1)
     labels = None if labels1 is None or labels2 is None else (labels1, labels2)
     sorted2, order2 = torch.sort(left2, stable=True)
     if self_pairs:  # each unordered pair once: targets after the query in left-edge order
