@@ -45,6 +45,7 @@ class MaskEncoding:
     ignore_colours: list[list[int]] = field(default_factory=list)
     ignore_index: int = 255
     palette: list[list[int]] | None = None  # display colours per class (overlays, GeoTIFF colour map)
+    colour_tolerance: int = 0  # rgb: map a colour within this max-channel distance to the nearest entry
 
     def __post_init__(self) -> None:
         if self.kind not in ("index", "rgb"):
@@ -69,8 +70,14 @@ class MaskEncoding:
             table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.colours)}
             ign = {(r << 16) | (g << 8) | b for r, g, b in self.ignore_colours}
             lut = np.full(len(uniq), -2, np.int64)
+            cols = np.asarray(self.colours, np.int64).reshape(-1, 3)
             for j, k in enumerate(uniq.tolist()):
                 lut[j] = table.get(k, -1 if k in ign else -2)
+                if lut[j] == -2 and self.colour_tolerance > 0:  # lossy / resampled label files
+                    rgb = np.array([(k >> 16) & 255, (k >> 8) & 255, k & 255])
+                    dist = np.abs(cols - rgb).max(1)
+                    if dist.min() <= self.colour_tolerance:
+                        lut[j] = int(dist.argmin())
             if (lut == -2).any():
                 bad = [((k >> 16) & 255, (k >> 8) & 255, k & 255) for k in uniq[lut == -2][:5].tolist()]
                 raise DataError(f"mask colours {bad} are not in the colour table", path=path)

@@ -45,6 +45,8 @@ def test_rgb_colour_table_isprs():
         enc.decode(bad, "mask.png")
     with pytest.raises(DataError, match="one band"):
         get_encoding("isprs").decode(rgb)
+    near = np.array([[[252]], [[255]], [[3]]], np.uint8)  # a lossy "car" yellow
+    assert get_encoding({"preset": "isprs_rgb", "colour_tolerance": 4}).decode(near).tolist() == [[4]]
 
 
 def test_palette_png_keeps_indices(tmp_path):
