@@ -7,14 +7,15 @@ Typer options are ``Annotated`` aliases so every task spells them identically::
               img_size: ImgSizeOpt = None, epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None,
               out: OutOpt = None, resume: ResumeOpt = False, pretrained: PretrainedOpt = None,
               device: DeviceOpt = None, precision: PrecisionOpt = None, seed: SeedOpt = None,
-              set_: SetOpt = None):
+              max_time: MaxTimeOpt = None, set_: SetOpt = None):
         cfg = load_config(config, MyTaskConfig, train_overrides(**locals()))
 
 Config layout shared by every task (YAML sections map onto dataclasses)::
 
     data:    {root, img_size, batch_size, ...}    # --data, --img-size, --batch-size
     model:   {name, pretrained, ...}              # --model, --pretrained
-    trainer: rsvision.tasks.common.TrainerOptions # --epochs, --out, --resume, --device, --precision, --seed
+    trainer: rsvision.tasks.common.TrainerOptions # --epochs, --out, --resume, --device, --precision, --seed,
+                                                  # --max-time
     <task-specific sections>
 
 ``--set a.b=value`` (repeatable) overrides any other field; values are parsed as YAML.
@@ -38,7 +39,7 @@ from rsvision.tasks.common import write_json  # noqa: F401  (re-exported for CLI
 
 __all__ = [
     "console", "ConfigOpt", "DataOpt", "ModelOpt", "ImgSizeOpt", "EpochsOpt", "BatchSizeOpt", "OutOpt",
-    "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "SetOpt", "CheckpointOpt",
+    "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "MaxTimeOpt", "SetOpt", "CheckpointOpt",
     "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "TopKOpt", "COMMON_OVERRIDES",
     "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
     "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table",
@@ -60,6 +61,8 @@ PretrainedOpt = Annotated[Optional[Path], typer.Option(
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:<i>.")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="32 | 16-mixed | bf16-mixed.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+MaxTimeOpt = Annotated[Optional[str], typer.Option(
+    "--max-time", help="Hard training budget: minutes or DD:HH:MM:SS (kept across --resume).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any config field: --set optim.lr=0.001 (repeatable; value parsed as YAML).")]
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="rsvision checkpoint (.ckpt).")]
@@ -82,6 +85,7 @@ COMMON_OVERRIDES: dict[str, str] = {
     "device": "trainer.device",
     "precision": "trainer.precision",
     "seed": "trainer.seed",
+    "max_time": "trainer.max_time",
 }
 
 

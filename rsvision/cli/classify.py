@@ -9,7 +9,7 @@ from rich.table import Table
 
 from rsvision.cli._common import (
     BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, EvalDataOpt, ImgSizeOpt, InputsArg,
-    JsonOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, TopKOpt,
+    JsonOpt, MaxTimeOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, TopKOpt,
     console, expand_inputs, load_config, print_metrics, train_overrides, write_json,
 )
 
@@ -37,17 +37,14 @@ def train(
     config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
     epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
     pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
-    seed: SeedOpt = None, set_: SetOpt = None,
-    max_time: Annotated[Optional[str], typer.Option("--max-time", help="Training budget: minutes or DD:HH:MM:SS.")] = None,
+    seed: SeedOpt = None, max_time: MaxTimeOpt = None, set_: SetOpt = None,
 ) -> None:
     """Train a classifier into a run directory (best/last.ckpt, config.yaml, metrics.csv, plots)."""
     from rsvision.tasks.classification import ClassifyConfig, train_classifier
 
     overrides = train_overrides(set_=set_, data=data, model=model, img_size=img_size, epochs=epochs,
                                 batch_size=batch_size, out=out, resume=resume, pretrained=pretrained,
-                                device=device, precision=precision, seed=seed)
-    if max_time is not None:
-        overrides["trainer.max_time"] = max_time
+                                device=device, precision=precision, seed=seed, max_time=max_time)
     cfg = load_config(config, ClassifyConfig, overrides)
     console.print(f"[bold]classify train[/] {cfg.model.name} on {cfg.data.root or cfg.data.csv} -> {cfg.trainer.out}")
     result = train_classifier(cfg)

@@ -471,7 +471,9 @@ def train_classifier(cfg: ClassifyConfig, **trainer_overrides: Any) -> dict[str,
                               multilabel=d.multilabel, optim=asdict(cfg.optim))
     resuming = t.resume and (out / LAST).exists()
     if cfg.model.pretrained and not resuming:
-        task.load_pretrained(cfg.model.pretrained)
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"pretrained weights {cfg.model.pretrained}:\n{task.load_pretrained(cfg.model.pretrained)}")
     trainer = build_trainer(t, **trainer_overrides)
     best = fit(trainer, task, dm, t)
     result: dict[str, Any] = {"best": best, "last": str(out / LAST) if (out / LAST).exists() else None}
