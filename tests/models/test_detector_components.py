@@ -23,6 +23,15 @@ from rsvision.models.heads.rpn import smooth_l1
 from rsvision.models.necks import FPN
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two threads on an oversubscribed 2-core runner are several times slower than one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # -- FPN ------------------------------------------------------------------------------------
 def test_fpn_shapes_odd_sizes_and_p6_maxpool():
     fpn = FPN([8, 16, 24, 32], out_channels=12, num_outs=5)
@@ -187,7 +196,9 @@ def test_rois_from_boxes():
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return oriented_rcnn(backbone="test_resnet", num_classes=3, fpn_channels=8, fc_channels=16, in_chans=5)
+    # few proposals: an untrained head scores every class > 0.05, and dense rotated NMS is slow
+    return oriented_rcnn(backbone="test_resnet", num_classes=3, fpn_channels=8, fc_channels=16, in_chans=5,
+                         rpn={"max_per_img": 64})
 
 
 def test_train_and_eval_api_any_bands(tiny):
