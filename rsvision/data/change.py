@@ -168,13 +168,15 @@ class ChangeDataset(Dataset):
 
     ``crop_size`` takes random crops (``samples_per_image`` per item and epoch: one scene can give a
     whole epoch of crops); ``augment`` adds flips / rotations and swaps the dates at random (change
-    is symmetric). Without ``crop_size`` items are returned whole.
+    is symmetric) and an independent per-date, per-band gain of up to ``jitter`` (illumination
+    differences are not change). Without ``crop_size`` items are returned whole.
     """
 
     def __init__(self, items: Sequence[ChangeItem], crop_size: int | None = None, augment: bool = False,
                  bands: Sequence[int] | None = None, ignore_index: int = 255, cache: bool = True,
-                 samples_per_image: int = 1, seed: int = 0):
+                 samples_per_image: int = 1, seed: int = 0, jitter: float = 0.1):
         self.items = list(items)
+        self.jitter = float(jitter)
         if not self.items:
             raise DataError("change-detection dataset is empty")
         self.crop_size, self.augment = crop_size, augment
@@ -220,6 +222,9 @@ class ChangeDataset(Dataset):
                 pair, lab = augment_flips([pair, lab], rng)
                 if rng.random() < 0.5:
                     pair = pair[::-1]
+                if self.jitter > 0:  # independent per-date gain: illumination differences are not change
+                    gain = 1 + rng.uniform(-self.jitter, self.jitter, (2, pair.shape[1], 1, 1))
+                    pair = pair.astype(np.float32) * gain.astype(np.float32)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(pair, dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(lab, dtype=np.int64)),
