@@ -166,3 +166,19 @@ def test_end_to_end(golden, model, fpn_outs, image_size):
     _match_proposals(golden["rpn"]["proposals"], props[0], 2e-2, 2e-4, 1e-3)
     assert len(dets) == 1 and set(dets[0]) == {"boxes", "scores", "labels"}
     _compare_detections(golden["detections"], dets[0], 2e-2, 2e-4, 1e-3)
+
+
+def test_rebuild_from_checkpoint_alone(golden, model, fpn_outs):
+    """An MMRotate ``{"meta", "state_dict"}`` checkpoint is enough to rebuild the detector."""
+    from rsvision.models.detectors import config_from_state_dict
+
+    cfg = config_from_state_dict(golden["state_dict"], golden["meta"])
+    assert cfg["backbone"] == "lsknet_t" and cfg["fpn_channels"] == 32 and cfg["fc_channels"] == 64
+    rebuilt = build_model(cfg)
+    report = load_checkpoint(rebuilt, {"meta": golden["meta"], "state_dict": golden["state_dict"]})
+    assert report.ok, report.summary()
+    assert rebuilt.class_names == golden["meta"]["CLASSES"]
+    with torch.no_grad():
+        outs = rebuilt.eval().extract_feat(golden["input"]["img"])
+    for a, b in zip(outs, fpn_outs):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

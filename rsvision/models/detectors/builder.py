@@ -37,7 +37,7 @@ from rsvision.models.heads.rpn import OrientedRPNHead, ProposalConfig
 from rsvision.models.necks.fpn import FPN
 from rsvision.ops.coders import DeltaXYWHAOBBoxCoder, MidpointOffsetCoder
 
-__all__ = ["DEFAULT_CONFIG", "oriented_rcnn", "build_oriented_rcnn"]
+__all__ = ["DEFAULT_CONFIG", "oriented_rcnn", "build_oriented_rcnn", "config_from_state_dict"]
 
 _RSV_BACKBONES = ("lsknet_t", "lsknet_s", "haksnet_t", "haksnet_s")
 
@@ -233,6 +233,63 @@ def _from_mmrotate(full: dict) -> OrientedRCNN:
     model = OrientedRCNN(backbone, neck, rpn, roi, names, version)
     model.config = copy.deepcopy(full)
     return model
+
+
+_VARIANT_SHAPES = {
+    ((32, 64, 160, 256), (3, 3, 5, 2)): "_t",
+    ((64, 128, 320, 512), (2, 2, 4, 2)): "_s",
+}
+
+
+def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[str, Any]:
+    """Infer the rsvision-form config of an MMRotate / rsvision Oriented R-CNN state dict.
+
+    Widths, class count, backbone family (LSKNet or HAKSNet), its dims / depths / MLP ratios and
+    input bands are read from tensor shapes; class names from ``meta["CLASSES"]`` when given.
+    Lets ``build_model(config_from_state_dict(sd, meta))`` rebuild a published checkpoint
+    (``{"meta", "state_dict"}``) without its MMRotate config file.
+    """
+    sd = {k[len("model."):] if k.startswith("model.backbone.") or k.startswith("model.roi_head.") else k: v
+          for k, v in state_dict.items()}
+
+    def shape(key: str):
+        if key not in sd:
+            raise ConfigError(f"not an Oriented R-CNN state dict: missing {key!r}")
+        return tuple(sd[key].shape)
+
+    keys = list(sd)
+    if any(".spatial_gating_unit." in k for k in keys):
+        family, mlp_key = "lsknet", "mlp.fc1.weight"
+    elif any(".spatial_mix." in k for k in keys):
+        family, mlp_key = "haksnet", "mlp.linear1.weight"
+    else:
+        raise ConfigError("cannot recognise the backbone (expected LSKNet or HAKSNet keys under 'backbone.')")
+    dims = tuple(shape(f"backbone.patch_embed{i}.proj.weight")[0] for i in range(1, 5))
+    depths = tuple(
+        len({k.split(".")[2] for k in keys if k.startswith(f"backbone.block{i}.")}) for i in range(1, 5)
+    )
+    in_chans = shape("backbone.patch_embed1.proj.weight")[1]
+    ratios = []
+    for i, d in enumerate(dims, 1):
+        k = f"backbone.block{i}.0.{mlp_key}"
+        ratios.append(shape(k)[0] / d if k in sd else (8, 8, 4, 4)[i - 1])
+    num_classes = shape("roi_head.bbox_head.fc_cls.weight")[0] - 1
+    names = list((meta or {}).get("CLASSES") or [])
+    cfg: dict[str, Any] = {
+        "type": "OrientedRCNN",
+        "backbone": family + _VARIANT_SHAPES.get((dims, depths), "_t"),
+        "backbone_kwargs": {},
+        "in_chans": in_chans,
+        "num_classes": num_classes,
+        "class_names": names if len(names) == num_classes else None,
+        "fpn_channels": shape("neck.lateral_convs.0.conv.weight")[0],
+        "fc_channels": shape("roi_head.bbox_head.shared_fcs.0.weight")[0],
+    }
+    if (dims, depths) not in _VARIANT_SHAPES or tuple(ratios) != (8, 8, 4, 4):
+        cfg["backbone_kwargs"] = {"embed_dims": list(dims), "depths": list(depths), "mlp_ratios": ratios}
+    if shape("roi_head.bbox_head.fc_reg.weight")[0] != 5:
+        raise ConfigError("only class-agnostic box regression (5 deltas) is supported")
+    return cfg
 
 
 @register_builder("OrientedRCNN")
