@@ -43,6 +43,10 @@ def do_train(cfg_cls: type, train_fn: Callable, defaults: dict, opts: dict) -> N
     cfg = load_config(opts.pop("config"), cfg_cls, train_overrides(**opts), defaults=defaults)
     console.print(f"[bold]training[/] {cfg.model.name} + {cfg.model.decoder} -> {cfg.trainer.out}")
     result = train_fn(cfg)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # DDP workers: the launching process reports
+        return
     t = metrics_table({k: v for k, v in result.items() if k.startswith("val/")}, "Validation (last epoch)")
     console.print(t)
     console.print(f"best: [bold]{result['best']}[/]  wall time: {result['seconds']:.1f} s")
