@@ -89,8 +89,10 @@ def _pair_inter(b1: Tensor, b2: Tensor) -> Tensor:
 
 def rotated_intersection_area(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Exact intersection areas of aligned pairs: (P, 5), (P, 5) -> (P,). Boxes need ``w, h > 0``."""
+    if boxes1.shape[0] == 0:
+        return boxes1.new_zeros(0)
     out = [_pair_inter(b1, b2) for b1, b2 in zip(boxes1.split(_CHUNK), boxes2.split(_CHUNK))]
-    return torch.cat(out) if out else boxes1.new_zeros(0)
+    return torch.cat(out)
 
 
 def _finish(inter: Tensor, area1: Tensor, area2: Tensor, mode: str) -> Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .iou import _finish, candidate_pairs, rotated_intersection_area
+from .iou import _finish, _half_extents, candidate_pairs, rotated_intersection_area
 
 __all__ = ["nms_rotated", "batched_nms_rotated", "multiclass_nms_rotated"]
 
@@ -33,6 +33,15 @@ def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | Non
     i, j = candidate_pairs(b, None, lab, lab)  # unordered pairs, i < j (i ranks higher)
     if i.numel():
         area = b[:, 2] * b[:, 3]
+        # exact IoU only where an upper bound (intersection <= overlap of the axis-aligned boxes and
+        # <= the smaller area) can reach the threshold: neighbours that merely touch are skipped
+        _, ex, ey = _half_extents(b)
+        ox = (torch.minimum(b[i, 0] + ex[i], b[j, 0] + ex[j]) - torch.maximum(b[i, 0] - ex[i], b[j, 0] - ex[j]))
+        oy = (torch.minimum(b[i, 1] + ey[i], b[j, 1] + ey[j]) - torch.maximum(b[i, 1] - ey[i], b[j, 1] - ey[j]))
+        bound = torch.minimum(ox.clamp(min=0) * oy.clamp(min=0), torch.minimum(area[i], area[j]))
+        ub = bound / (area[i] + area[j] - bound)
+        maybe = ~(ub * (1 + 1e-4) + 1e-6 < iou_threshold)  # margin for float rounding; NaN stays in
+        i, j = i[maybe], j[maybe]
         inter = rotated_intersection_area(b[i], b[j])
         iou = _finish(inter, area[i], area[j], "iou")
         hit = iou >= iou_threshold

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rsvision.ops import box_iou_rotated, rbbox_overlaps
+from rsvision.ops import box_iou_rotated, rbbox_overlaps, rotated_intersection_area
 from tests.ops._rotated_reference import shapely_iou, shapely_iou_matrix
 
 PI = math.pi
@@ -134,6 +134,7 @@ def test_shapes_nan_and_empty():
     assert out[1].isnan().all() and out[:, 1].isnan().all()
     assert box_iou_rotated(b[:0], b).shape == (0, 2)
     assert box_iou_rotated(b[:0], b[:0], aligned=True).shape == (0,)
+    assert rotated_intersection_area(b[:0], b[:0]).shape == (0,)
     with pytest.raises(ValueError):
         box_iou_rotated(b, b[:1], aligned=True)
     with pytest.raises(ValueError):
