@@ -246,3 +246,18 @@ def test_remap_state_dict_lightning_prefix(tiny):
     sd = {"model." + k: v for k, v in tiny.state_dict().items()}
     out, remapped = tiny.remap_state_dict(sd)
     assert set(out) == set(tiny.state_dict()) and len(remapped) == len(sd)
+
+
+def test_bf16_autocast_train_and_eval(tiny):
+    """Mixed precision: losses and outputs stay float32, rois are pooled in float32."""
+    x = torch.randn(1, 5, 64, 64)
+    targets = [{"boxes": torch.tensor([[30.0, 30.0, 20.0, 10.0, 0.3]]), "labels": torch.tensor([1])}]
+    tiny.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = tiny(x, targets)
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+        tiny.eval()
+        with torch.no_grad():
+            out = tiny(x)
+    assert out[0]["boxes"].dtype == torch.float32

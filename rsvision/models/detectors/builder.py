@@ -35,7 +35,7 @@ from rsvision.models.heads.assign import MaxIoUAssigner, RandomSampler
 from rsvision.models.heads.roi_head import DetectionConfig, OrientedRoIHead
 from rsvision.models.heads.rpn import OrientedRPNHead, ProposalConfig
 from rsvision.models.necks.fpn import FPN
-from rsvision.ops.coders import DeltaXYWHAOBBoxCoder, MidpointOffsetCoder
+from rsvision.ops import DeltaXYWHAOBBoxCoder, MidpointOffsetCoder
 
 __all__ = ["DEFAULT_CONFIG", "oriented_rcnn", "build_oriented_rcnn", "config_from_state_dict"]
 

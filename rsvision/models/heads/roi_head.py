@@ -27,7 +27,7 @@ from torch import Tensor
 
 from rsvision.models.heads.assign import MaxIoUAssigner, RandomSampler
 from rsvision.models.heads.rpn import smooth_l1
-from rsvision.ops import DeltaXYWHAOBBoxCoder, multiclass_nms_rotated, rbbox_overlaps
+from rsvision.ops import DeltaXYWHAOBBoxCoder, multiclass_nms_rotated, rbbox_overlaps, roi_align_rotated
 
 __all__ = [
     "DetectionConfig",
@@ -88,9 +88,10 @@ class RotatedSingleRoIExtractor(nn.Module):
 
     def forward(self, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
         """``feats``: at least ``num_levels`` maps (B, C, H, W); rois (N, 6) -> (N, C, S, S)."""
-        from rsvision.ops import roi_align_rotated
-
-        feats = feats[: self.num_levels]
+        # Pool in (at least) float32: roi coordinates in half precision would be off by pixels.
+        dtype = torch.promote_types(feats[0].dtype, torch.float32)
+        feats = [f.to(dtype) for f in feats[: self.num_levels]]
+        rois = rois.to(dtype)
         s = self.output_size
         out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], s, s))
         if rois.shape[0] == 0:
@@ -102,14 +103,14 @@ class RotatedSingleRoIExtractor(nn.Module):
                 continue
             pooled = roi_align_rotated(
                 feat,
-                rois[inds].to(feat.dtype),
+                rois[inds],
                 (s, s),
                 1.0 / stride,
                 self.sampling_ratio,
                 aligned=self.aligned,
                 clockwise=self.clockwise,
             )
-            out = out.index_put((inds,), pooled.to(out.dtype))
+            out = out.index_put((inds,), pooled)
         return out
 
 

@@ -23,8 +23,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from rsvision.models.heads.anchors import AnchorGenerator
 from rsvision.models.heads.assign import MaxIoUAssigner, RandomSampler
-from rsvision.ops.boxes import obb2xyxy
-from rsvision.ops.coders import MidpointOffsetCoder
+from rsvision.ops import MidpointOffsetCoder, obb2xyxy
 
 __all__ = ["ProposalConfig", "OrientedRPNHead", "smooth_l1"]
 
