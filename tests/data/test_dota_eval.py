@@ -201,3 +201,28 @@ def test_real_dota_gt_as_detections(tmp_path):
     present = [c for c, n in res["num_gt"].items() if n]
     assert len(present) == 11 and res["mAP"] == pytest.approx(1.0, abs=1e-9)
     assert res["num_gt"]["ship"] == 525  # 531 ships, 6 difficult
+
+
+def test_real_split_merge_eval_roundtrip(tmp_path):
+    """Patch labels of a real split, used as patch detections, merge back to the full-image ground truth."""
+    img_dir = shared_path("data", "dota", "images")
+    ann_dir = shared_path("data", "dota", "labelTxt")
+    full = tmp_path / "gt"
+    full.mkdir()
+    (full / "P0706.txt").write_bytes((ann_dir / "P0706.txt").read_bytes())
+    dota.split_image(img_dir / "P0706.png", full / "P0706.txt", tmp_path / "split",
+                     dota.SplitConfig(sizes=[800], gaps=[200]))
+    rng = np.random.default_rng(0)
+    patch_dets: dict[str, list] = {}
+    for p in sorted((tmp_path / "split" / "annfiles").glob("*.txt")):
+        ann = dota.read_label_txt(p)
+        for poly, c in zip(ann.polys, ann.classes):
+            patch_dets.setdefault(c, []).append(dota.Detection(p.stem, float(rng.random()), tuple(poly)))
+    assert sum(map(len, patch_dets.values())) > 536  # overlapping windows duplicate objects
+    dota.write_task1(tmp_path / "patch", patch_dets)
+    dota.merge_task1_dir(tmp_path / "patch", tmp_path / "merged")
+    merged = dota.read_task1_dir(tmp_path / "merged")
+    assert all(d.image == "P0706" for rows in merged.values() for d in rows)
+    assert len(merged["ship"]) == 531  # every duplicate removed, every ship kept
+    res = dota.evaluate(tmp_path / "merged", full)
+    assert res["AP"]["ship"] == pytest.approx(1.0) and res["num_gt"]["ship"] == 525
