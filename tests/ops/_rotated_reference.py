@@ -107,3 +107,56 @@ def poly2obb_le90_row(p) -> list[float]:
     a = math.atan2(y2 - y1, x2 - x1) if e1 > e2 else math.atan2(y4 - y1, x4 - x1)
     a = (a + math.pi / 2) % math.pi - math.pi / 2
     return [(x1 + x3) / 2, (y1 + y3) / 2, max(e1, e2), min(e1, e2), a]
+
+
+def _norm_le90(a: float) -> float:
+    return (a + math.pi / 2) % math.pi - math.pi / 2
+
+
+def xywha_encode_row(p, g, stds=(0.1, 0.1, 0.2, 0.2, 0.1)) -> list[float]:
+    """DeltaXYWHAOBBoxCoder.encode (le90, edge_swap, proj_xy) for one pair, in Python floats."""
+    px, py, pw, ph, pa = p
+    gx, gy, gw, gh, ga = g
+    c, s = math.cos(pa), math.sin(pa)
+    dx = (c * (gx - px) + s * (gy - py)) / pw
+    dy = (-s * (gx - px) + c * (gy - py)) / ph
+    d1, d2 = _norm_le90(ga - pa), _norm_le90(ga - pa + math.pi / 2)
+    if abs(d1) < abs(d2):
+        da, dw, dh = d1, math.log(gw / pw), math.log(gh / ph)
+    else:
+        da, dw, dh = d2, math.log(gh / pw), math.log(gw / ph)
+    return [v / sd for v, sd in zip((dx, dy, dw, dh, da), stds)]
+
+
+def xywha_decode_row(p, d, max_shape=None, stds=(0.1, 0.1, 0.2, 0.2, 0.1), clip=16 / 1000) -> list[float]:
+    px, py, pw, ph, pa = p
+    dx, dy, dw, dh, da = (v * sd for v, sd in zip(d, stds))
+    m = abs(math.log(clip))
+    dw, dh = min(max(dw, -m), m), min(max(dh, -m), m)
+    gw, gh = pw * math.exp(dw), ph * math.exp(dh)
+    gx = dx * pw * math.cos(pa) - dy * ph * math.sin(pa) + px
+    gy = dx * pw * math.sin(pa) + dy * ph * math.cos(pa) + py
+    ga = _norm_le90(pa + da)
+    if max_shape is not None:
+        gx, gy = min(max(gx, 0), max_shape[1] - 1), min(max(gy, 0), max_shape[0] - 1)
+    if gw > gh:
+        return [gx, gy, gw, gh, ga]
+    return [gx, gy, gh, gw, _norm_le90(ga + math.pi / 2)]
+
+
+def midpoint_decode_row(anchor, d, stds=(1, 1, 1, 1, 0.5, 0.5), clip=16 / 1000) -> list[float]:
+    """MidpointOffsetCoder.decode (le90) for one anchor, in Python floats."""
+    x1, y1, x2, y2 = anchor
+    dx, dy, dw, dh, da, db = (v * sd for v, sd in zip(d, stds))
+    m = abs(math.log(clip))
+    dw, dh = min(max(dw, -m), m), min(max(dh, -m), m)
+    px, py, pw, ph = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+    gw, gh = pw * math.exp(dw), ph * math.exp(dh)
+    gx, gy = px + pw * dx, py + ph * dy
+    da, db = min(max(da, -0.5), 0.5), min(max(db, -0.5), 0.5)
+    pts = [(gx + da * gw, gy - gh / 2), (gx + gw / 2, gy + db * gh), (gx - da * gw, gy + gh / 2), (gx - gw / 2, gy - db * gh)]
+    vec = [(x - gx, y - gy) for x, y in pts]
+    lens = [math.hypot(*v) for v in vec]
+    longest = max(lens)
+    rect = [c for (vx, vy), n in zip(vec, lens) for c in (gx + vx * longest / n, gy + vy * longest / n)]
+    return poly2obb_le90_row(rect)
