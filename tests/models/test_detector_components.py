@@ -261,3 +261,14 @@ def test_bf16_autocast_train_and_eval(tiny):
         with torch.no_grad():
             out = tiny(x)
     assert out[0]["boxes"].dtype == torch.float32
+
+
+def test_degenerate_targets_are_dropped_and_bad_labels_rejected(tiny):
+    x = torch.randn(1, 5, 64, 64)
+    tiny.train()
+    bad = [{"boxes": torch.tensor([[30.0, 30.0, 20.0, 0.0, 0.3], [10.0, 10.0, float("nan"), 5.0, 0.0]]),
+            "labels": torch.tensor([1, 2])}]
+    losses = tiny(x, bad)
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError):
+        tiny(x, [{"boxes": torch.tensor([[30.0, 30.0, 20.0, 10.0, 0.3]]), "labels": torch.tensor([3])}])

@@ -143,8 +143,7 @@ class OrientedRCNN(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            gt_boxes = [t["boxes"] for t in targets]
-            gt_labels = [t["labels"] for t in targets]
+            gt_boxes, gt_labels = self._clean_targets(targets, images.device)
             losses = self.rpn_head.loss(cls_scores, bbox_preds, gt_boxes, sizes)
             proposals = self.rpn_head.get_proposals(
                 [c.detach() for c in cls_scores], [b.detach() for b in bbox_preds], sizes
@@ -153,6 +152,22 @@ class OrientedRCNN(nn.Module):
             return losses
         proposals = self.rpn_head.get_proposals(cls_scores, bbox_preds, sizes)
         return self.roi_head.simple_test(feats, proposals, sizes)
+
+    def _clean_targets(self, targets, device) -> tuple[list[Tensor], list[Tensor]]:
+        """Move targets to ``device`` and drop boxes with a non-positive or non-finite size
+        (their log-size regression targets would be infinite); check the labels' range."""
+        boxes_out, labels_out = [], []
+        for t in targets:
+            b = torch.as_tensor(t["boxes"], device=device).reshape(-1, 5).float()
+            lab = torch.as_tensor(t["labels"], device=device).reshape(-1).long()
+            if len(b) != len(lab):
+                raise ValueError(f"{len(b)} boxes but {len(lab)} labels in a target")
+            if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):
+                raise ValueError(f"labels must be in [0, {self.num_classes}), got {lab.unique().tolist()}")
+            ok = torch.isfinite(b).all(1) & (b[:, 2] > 0) & (b[:, 3] > 0)
+            boxes_out.append(b[ok])
+            labels_out.append(lab[ok])
+        return boxes_out, labels_out
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_sizes=None) -> list[dict[str, Tensor]]:
