@@ -201,8 +201,8 @@ def candidate_pairs(
     after which the circumscribed circles and the axis-aligned boxes must meet too (with a small
     inclusive margin for float rounding). Cost ~ the number of x-overlapping pairs, in blocks of
     ~4M, not ``N x M``. ``boxes2=None`` gives the unordered pairs ``i < j`` of ``boxes1`` with itself
-    (for NMS). With ``labels1``/``labels2`` only pairs of equal label are returned. Rows with NaN
-    yield no pairs (callers handle them).
+    (for NMS). With ``labels1``/``labels2`` only pairs of equal label are returned. NaN fields count
+    as 0 in the search (callers give NaN boxes NaN / no suppression themselves).
     """
     dev = boxes1.device
     empty = torch.zeros(0, dtype=torch.long, device=dev)

@@ -1,10 +1,11 @@
 """Greedy rotated NMS with mmcv ``nms_rotated`` semantics, vectorised.
 
-The IoUs of all possibly overlapping pairs (:func:`~rsvision.ops.iou.candidate_pairs`) are computed in one batched call of
-the exact clipping kernel; the greedy pass then only walks a sparse list of "i suppresses j" edges
-(``IoU >= threshold``, inclusive as mmcv), so the cost is dominated by the vectorised IoU, not by
-Python. Results are indices into the input in decreasing score order, ties broken by input order
-(stable sort); identical to mmcv's CPU kernel whenever no pairwise IoU sits at the threshold.
+The IoUs of all possibly overlapping pairs (:func:`~rsvision.ops.iou.candidate_pairs`, then an
+upper-bound filter) come from one batched call of the exact clipping kernel; the greedy pass then
+only walks a sparse list of "i suppresses j" edges (``IoU >= threshold``, inclusive as mmcv), so
+the cost is dominated by the vectorised IoU, not by Python. Results are indices into the input in decreasing score order, ties broken by input order
+(stable sort); identical to mmcv's CPU kernel whenever no pairwise IoU sits at the threshold. A box
+with NaN never suppresses and is never suppressed (its IoUs are NaN).
 """
 from __future__ import annotations
 

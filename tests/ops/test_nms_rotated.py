@@ -61,6 +61,9 @@ def test_threshold_inclusive_and_edge_cases():
     assert nms_rotated(b[:0], s[:0], 0.5).shape == (0,)
     # ties in score: input order (stable)
     assert nms_rotated(b, torch.ones(3), 0.9).tolist() == [0, 1, 2]
+    # a NaN box neither suppresses nor is suppressed
+    nan = torch.cat([b, torch.tensor([[float("nan"), 0, 2, 2, 0]], dtype=b.dtype)])
+    assert nms_rotated(nan, torch.tensor([0.9, 0.8, 0.7, 0.95]), 0.3).tolist() == [3, 0, 2]
 
 
 def test_multiclass_nms_rotated():
