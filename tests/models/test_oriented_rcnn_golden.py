@@ -182,3 +182,20 @@ def test_rebuild_from_checkpoint_alone(golden, model, fpn_outs):
         outs = rebuilt.eval().extract_feat(golden["input"]["img"])
     for a, b in zip(outs, fpn_outs):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_mmrotate_keys_load_into_timm_wrapped_backbone(golden, model, fpn_outs):
+    """``remap_state_dict`` maps ``backbone.*`` onto a timm ``features_only`` wrapper (``model.`` prefix)."""
+    import timm
+
+    from rsvision.models.detectors import OrientedRCNN
+
+    wrapped = timm.create_model("lsknet_t", features_only=True)
+    det = OrientedRCNN(wrapped, model.neck, model.rpn_head, model.roi_head, model.class_names)
+    report = load_checkpoint(det, shared_path("golden", "oriented_rcnn_golden.pt"))
+    assert report.ok, report.summary()
+    assert report.remapped["backbone.patch_embed1.proj.weight"] == "backbone.model.patch_embed1.proj.weight"
+    with torch.no_grad():
+        outs = det.eval().extract_feat(golden["input"]["img"])
+    for a, b in zip(outs, fpn_outs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
