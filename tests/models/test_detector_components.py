@@ -272,3 +272,20 @@ def test_degenerate_targets_are_dropped_and_bad_labels_rejected(tiny):
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError):
         tiny(x, [{"boxes": torch.tensor([[30.0, 30.0, 20.0, 10.0, 0.3]]), "labels": torch.tensor([3])}])
+
+
+@pytest.mark.parametrize("backbone,kwargs", [
+    ("haksnet_t", {}),
+    ("lsknet_t", {"embed_dims": [16, 32, 48, 64], "depths": [1, 1, 2, 1], "mlp_ratios": [4, 4, 2, 2]}),
+])
+def test_config_from_state_dict_round_trip(backbone, kwargs):
+    from rsvision.models.detectors import config_from_state_dict
+
+    m = oriented_rcnn(backbone=backbone, num_classes=4, fpn_channels=16, fc_channels=32, in_chans=5,
+                      backbone_kwargs=kwargs)
+    sd = {"model." + k: v for k, v in m.state_dict().items()}  # Lightning layout
+    cfg = config_from_state_dict(sd, {"CLASSES": ["a", "b", "c", "d"]})
+    assert cfg["backbone"] == backbone and cfg["in_chans"] == 5 and cfg["class_names"] == ["a", "b", "c", "d"]
+    assert (cfg["fpn_channels"], cfg["fc_channels"], cfg["num_classes"]) == (16, 32, 4)
+    rebuilt = build_model(cfg)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}

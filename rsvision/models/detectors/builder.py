@@ -249,8 +249,10 @@ def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[s
     Lets ``build_model(config_from_state_dict(sd, meta))`` rebuild a published checkpoint
     (``{"meta", "state_dict"}``) without its MMRotate config file.
     """
-    sd = {k[len("model."):] if k.startswith("model.backbone.") or k.startswith("model.roi_head.") else k: v
-          for k, v in state_dict.items()}
+    sd = dict(state_dict)
+    for prefix in ("module.", "model."):  # DDP / Lightning wrappers
+        if any(k.startswith(prefix + "backbone.") for k in sd):
+            sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
 
     def shape(key: str):
         if key not in sd:
@@ -259,9 +261,9 @@ def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[s
 
     keys = list(sd)
     if any(".spatial_gating_unit." in k for k in keys):
-        family, mlp_key = "lsknet", "mlp.fc1.weight"
+        family, mlp_key, hid_dim = "lsknet", "mlp.fc1.weight", 0  # fc1: (hidden, dim, 1, 1)
     elif any(".spatial_mix." in k for k in keys):
-        family, mlp_key = "haksnet", "mlp.linear1.weight"
+        family, mlp_key, hid_dim = "haksnet", "mlp.linear2.weight", 1  # linear2: (dim, hidden, 1, 1)
     else:
         raise ConfigError("cannot recognise the backbone (expected LSKNet or HAKSNet keys under 'backbone.')")
     dims = tuple(shape(f"backbone.patch_embed{i}.proj.weight")[0] for i in range(1, 5))
@@ -272,7 +274,7 @@ def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[s
     ratios = []
     for i, d in enumerate(dims, 1):
         k = f"backbone.block{i}.0.{mlp_key}"
-        ratios.append(shape(k)[0] / d if k in sd else (8, 8, 4, 4)[i - 1])
+        ratios.append(shape(k)[hid_dim] / d if k in sd else (8, 8, 4, 4)[i - 1])
     num_classes = shape("roi_head.bbox_head.fc_cls.weight")[0] - 1
     names = list((meta or {}).get("CLASSES") or [])
     cfg: dict[str, Any] = {
