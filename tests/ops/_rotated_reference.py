@@ -160,3 +160,9 @@ def midpoint_decode_row(anchor, d, stds=(1, 1, 1, 1, 0.5, 0.5), clip=16 / 1000) 
     longest = max(lens)
     rect = [c for (vx, vy), n in zip(vec, lens) for c in (gx + vx * longest / n, gy + vy * longest / n)]
     return poly2obb_le90_row(rect)
+
+
+#: Hypothesis explores new random examples locally but replays a fixed set in CI (no flaky runs).
+import os as _os  # noqa: E402
+
+CI = bool(_os.environ.get("CI")) or _os.environ.get("RSVISION_REQUIRE_SHARED") == "1"

@@ -19,7 +19,7 @@ from rsvision.ops import (
     obb2xyxy,
     poly2obb,
 )
-from tests.ops._rotated_reference import corners, poly2obb_le90_row
+from tests.ops._rotated_reference import CI, corners, poly2obb_le90_row
 
 PI = math.pi
 
@@ -39,7 +39,7 @@ def le90_boxes(draw, n=st.integers(1, 12)):
     return torch.tensor(rows, dtype=torch.float64)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, derandomize=CI)
 @given(le90_boxes())
 def test_poly_roundtrip_le90(boxes):
     back = poly2obb(obb2poly(boxes))
@@ -48,7 +48,7 @@ def test_poly_roundtrip_le90(boxes):
     assert da.abs().max() < 1e-7 or (da.abs() - PI).abs().max() < 1e-7
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=CI)
 @given(le90_boxes(), st.sampled_from(["le90", "le135", "oc"]))
 def test_conversions_preserve_the_rectangle(boxes, version):
     """Every convention describes the same rectangle (IoU 1 with the input)."""
@@ -100,7 +100,7 @@ def test_documented_conventions_and_degenerate_input():
     assert obb2poly(torch.zeros(0, 5)).shape == (0, 8) and poly2obb(torch.zeros(0, 8)).shape == (0, 5)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=CI)
 @given(le90_boxes(), le90_boxes())
 def test_delta_xywha_roundtrip(props, gts):
     n = min(len(props), len(gts))
@@ -118,7 +118,7 @@ def test_delta_xywha_roundtrip(props, gts):
     assert (back[:, 2] > back[:, 3]).all()  # edge swap: le90 form
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=CI)
 @given(le90_boxes())
 def test_midpoint_offset_roundtrip(gts):
     # away from the encoder's 0.1 px tie band (near-axis-aligned boxes do not round-trip, by design)
