@@ -83,11 +83,14 @@ def merge(
     dets: Annotated[Path, typer.Option("--dets", help="Folder of patch-level Task1_<class>.txt files.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the full-image Task1 files.")],
     iou_thr: Annotated[float, typer.Option("--iou-thr", help="Per-class rotated NMS IoU threshold.")] = 0.1,
+    json_out: JsonOpt = None,
 ) -> None:
     """Merge patch detections onto the full images (shift by the patch offset + per-class rotated NMS)."""
     from rsvision.data.dota import merge_task1_dir
 
     counts = merge_task1_dir(dets, out, iou_thr)
+    if json_out is not None:
+        write_json({"iou_thr": iou_thr, "detections": counts}, json_out)
     t = Table(title=f"dota merge -> {out}")
     t.add_column("class")
     t.add_column("detections", justify="right")
