@@ -57,16 +57,14 @@ def _clip(poly: Tensor, a: Tensor, e: Tensor) -> Tensor:
     xpt = poly + t * (nxt - poly)
     pts = torch.stack([poly, xpt], dim=2).reshape(P, 2 * n, 2)
     valid = torch.stack([inside, cross], dim=2).reshape(P, 2 * n)
-    # compact the valid slots to the front, order preserved
-    pos = torch.cumsum(valid, dim=1) - 1
-    count = pos[:, -1] + 1
+    # compact the valid slots to the front, order preserved: output slot k takes the k-th valid slot
+    # (searchsorted on the running count); slots past the count repeat the last valid one
+    cum = torch.cumsum(valid, dim=1, dtype=torch.int32)
+    count = cum[:, -1:]
     m = max(int(count.max()), 1)
-    target = torch.where(valid, pos, torch.full_like(pos, m))
-    out = poly.new_zeros(P, m + 1, 2)
-    out.scatter_(1, target[..., None].expand(P, 2 * n, 2), pts)
-    idx = torch.arange(m, device=poly.device).expand(P, m)
-    idx = torch.minimum(idx, (count - 1).clamp(min=0)[:, None])
-    return torch.gather(out, 1, idx[..., None].expand(P, m, 2))
+    want = torch.arange(1, m + 1, device=poly.device, dtype=torch.int32).expand(P, m)
+    src = torch.searchsorted(cum, torch.minimum(want, count.clamp(min=1)).contiguous()).clamp(max=2 * n - 1)
+    return torch.gather(pts, 1, src[..., None].expand(P, m, 2))
 
 
 def _shoelace(poly: Tensor) -> Tensor:
