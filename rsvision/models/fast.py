@@ -204,36 +204,46 @@ class _Conv(nn.Module):
         return _conv(x, self.weight, self.bias, self.padding, self.stride, self.groups, self.dilation, self.act, other, op)
 
 
-# Hidden activations above this size are split into channel groups on CPU: fresh multi-MB
-# tensors cost page faults (glibc returns big blocks to the OS on free), smaller ones are reused.
+# On CPU, FFN hidden activations above this size are computed in tiles (channel groups x row
+# strips of about _TILE_BYTES): fresh multi-MB tensors cost page faults (glibc returns big
+# blocks to the OS on free), and a tile stays in cache between its 1x1, depthwise and 1x1 convs.
 _CHUNK_BYTES = 8 << 20
+_TILE_BYTES = 1 << 20
+_TILE_CHANNELS = 64
 
 
 def _ffn(x, res, first: _Conv, dw: _Conv, last: _Conv, gate: Optional[_Conv] = None):
-    """``res + last(dw(first(x)) [* gate(x)])``, written into ``res`` when not split.
+    """``res + last(dw(first(x)) [* gate(x)])``; written into ``res`` when not tiled.
 
-    The hidden width is processed in channel groups when large: ``dw`` is depthwise, so each
-    group is independent and ``last`` sums over groups (exact up to summation order).
+    Tiling is exact up to summation order: ``dw`` is depthwise, so channel groups are
+    independent and ``last`` sums over them; a row strip recomputes ``first`` on a halo of
+    ``k // 2`` rows so that the depthwise conv sees true neighbours (zero pad only at the
+    image's own top and bottom).
     """
     hidden = dw.weight.shape[0]
     B, _, H, W = x.shape
-    groups = -(-B * H * W * hidden * 4 // _CHUNK_BYTES) if _use_mkldnn(x) else 1
-    if groups <= 1:
+    if not _use_mkldnn(x) or B * H * W * hidden * 4 <= _CHUNK_BYTES:
         h = first(x)
         d = dw(h, gate(x), "mul") if gate is not None else dw(h)
         return last(d, res, "add_")
-    n = -(-hidden // groups // 16) * 16
-    out = None
+    n = min(hidden, _TILE_CHANNELS)
+    rows = max(8, _TILE_BYTES // (n * W * 4))
+    pad = dw.padding
+    out = res.clone()
     for s in range(0, hidden, n):
         e = min(s + n, hidden)
-        h = _conv(x, first.weight[s:e], first.bias[s:e])
-        if gate is not None:
-            g = _conv(x, gate.weight[s:e], gate.bias[s:e])
-            d = _conv(h, dw.weight[s:e], dw.bias[s:e], dw.padding, groups=e - s, other=g, op="mul")
-        else:
-            d = _conv(h, dw.weight[s:e], dw.bias[s:e], dw.padding, groups=e - s, act=dw.act)
-        w2 = last.weight[:, s:e].contiguous()
-        out = _conv(d, w2, last.bias, other=res, op="add") if out is None else _conv(d, w2, None, other=out, op="add_")
+        w1, b1, wd, bd = first.weight[s:e], first.bias[s:e], dw.weight[s:e], dw.bias[s:e]
+        w2, b2 = last.weight[:, s:e].contiguous(), (last.bias if s == 0 else None)
+        for b in range(B):  # one sample: a row strip of a channels-last map is contiguous
+            xb, ob = x[b : b + 1], out[b : b + 1]
+            for r0 in range(0, H, rows):
+                r1 = min(r0 + rows, H)
+                lo, hi = max(r0 - pad, 0), min(r1 + pad, H)
+                d = _conv(_conv(xb[:, :, lo:hi], w1, b1), wd, bd, pad, groups=e - s, act=dw.act)
+                d = d[:, :, r0 - lo : r1 - lo]
+                if gate is not None:
+                    d = d.mul_(_conv(xb[:, :, r0:r1], gate.weight[s:e], gate.bias[s:e]))
+                _conv(d, w2, b2, other=ob[:, :, r0:r1], op="add_")
     return out
 
 

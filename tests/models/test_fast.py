@@ -147,12 +147,16 @@ def test_odd_sizes_batches_and_bands(name, shape):
         _check(f.forward_intermediates(x, intermediates_only=True), m.forward_intermediates(x, intermediates_only=True))
 
 
-def test_grouped_ffn_path(golden, plain_fast, monkeypatch):
-    """Large inputs split the FFN's hidden width in channel groups; force it on the golden input."""
+def test_tiled_ffn_path(golden, plain_fast, monkeypatch):
+    """Large inputs run the FFN in tiles (channel groups x row strips with a halo); force it on
+    the golden inputs: 8-row strips cut the 25-row stage-1 map of input 1 (batch 2) into 4."""
     name, g, sd = golden
     monkeypatch.setattr(fast, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(fast, "_TILE_BYTES", 1)
+    monkeypatch.setattr(fast, "_TILE_CHANNELS", 48)  # uneven last group too
     with torch.inference_mode():
-        _check(plain_fast[1].forward_intermediates(g["inputs"][0], intermediates_only=True), g["outputs"][0])
+        for x, refs in zip(g["inputs"], g["outputs"]):
+            _check(plain_fast[1].forward_intermediates(x, intermediates_only=True), refs, what="tiled")
 
 
 def test_plain_aten_path_matches(golden, plain_fast, monkeypatch):
