@@ -431,8 +431,11 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
         opts: TrainerOptions | None = None, **fit_kwargs: Any) -> str | None:
     """``trainer.fit`` resuming from ``last.ckpt`` when ``opts.resume``; returns the best checkpoint path."""
     ckpt = resume_path(opts) if opts is not None else None
-    if ckpt is not None and trainer.is_global_zero:
-        _trim_metrics(Path(opts.out), ckpt)
+    if opts is not None and rank_zero_only.rank == 0:
+        if ckpt is not None:
+            _trim_metrics(Path(opts.out), ckpt)
+        elif (Path(opts.out) / METRICS).exists():  # a fresh run in an old run dir starts a fresh log
+            (Path(opts.out) / METRICS).unlink()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, **fit_kwargs)
     cb = trainer.checkpoint_callback
     return getattr(cb, "best_model_path", None) or None
