@@ -120,7 +120,7 @@ def test_demo_group_wiring():
 
 @pytest.mark.slow  # about a minute on 2 CPU cores
 def test_demo_classify_end_to_end(tmp_path):
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path)])  # no subcommand: the default demo
+    r = runner.invoke(app, ["demo", "classify", "--out", str(tmp_path), "--threads", "1"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     assert (tmp_path / "run" / "confusion_matrix.png").exists() and "predictions" in r.output
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["overall_accuracy"] > 0.7
