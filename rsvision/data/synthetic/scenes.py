@@ -109,9 +109,10 @@ def write_image(path: str | Path, img: np.ndarray) -> Path:
     if path.suffix.lower() in (".tif", ".tiff"):
         import rasterio
 
-        from rasterio.transform import from_origin
+        from rasterio.transform import Affine
 
-        with rasterio.open(path, "w", driver="GTiff", transform=from_origin(0, img.shape[1], 1, 1), width=img.shape[2], height=img.shape[1],
+        transform = Affine(1.0, 0.0, 0.0, 0.0, -1.0, float(img.shape[1]))  # 1 px = 1 unit, no CRS
+        with rasterio.open(path, "w", driver="GTiff", transform=transform, width=img.shape[2], height=img.shape[1],
                            count=img.shape[0], dtype=img.dtype.name) as dst:
             dst.write(img)
         return path
