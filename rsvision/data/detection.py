@@ -42,14 +42,18 @@ def find_ann_dir(root: str | Path) -> Path | None:
 
 def _read_ann(path: Path, fmt: str, classes: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(polys (N, 8) float64, class names, difficult (N,)) through the DOTA toolchain readers."""
-    from rsvision.data import dota
-
     if fmt == "dota":
-        ann = dota.read_label_txt(path, classes=classes, on_error="skip")
+        from rsvision.data.dota.labels import read_label_txt
+
+        ann = read_label_txt(path, on_error="skip")  # classes filtered by the caller, silently
     elif fmt == "dior":
-        ann = dota.read_dior_xml(path, on_error="skip")
+        from rsvision.data.dota.dior import read_dior_xml
+
+        ann = read_dior_xml(path, on_error="skip")
     elif fmt == "hrsc":
-        ann = dota.read_hrsc_xml(path, on_error="skip")
+        from rsvision.data.dota.hrsc import read_hrsc_xml
+
+        ann = read_hrsc_xml(path, on_error="skip")
     else:
         raise DataError(f"unknown annotation format {fmt!r} (dota, dior, hrsc)", path=path)
     polys = np.asarray(ann.polys, dtype=np.float64).reshape(-1, 8)

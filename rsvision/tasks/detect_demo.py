@@ -31,7 +31,7 @@ def run_detect_demo(out: str | Path = "rsvision_demo", minutes: float = 3.0, tra
     import torch
 
     from rsvision.cli._common import from_dict
-    from rsvision.data import dota
+    from rsvision.data.dota.evaluate import evaluate
     from rsvision.data.synthetic.objects import CLASSES, make_dota_dataset, make_geotiff_scene
     from rsvision.tasks.detection import DetectConfig, load_detector, train
     from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
@@ -76,7 +76,7 @@ def run_detect_demo(out: str | Path = "rsvision_demo", minutes: float = 3.0, tra
     written = write_scene_outputs(det, pred_dir, "scene", source=scene)
     for c in hp["class_names"]:
         (pred_dir / f"Task1_{c}.txt").touch()
-    res = dota.evaluate(pred_dir, scene_labels.parent, classes=list(hp["class_names"]), iou_thr=0.5, metric="voc07")
+    res = evaluate(pred_dir, scene_labels.parent, classes=list(hp["class_names"]), iou_thr=0.5, metric="voc07")
     t_pred = time.time() - t2
     return {"mAP": res["mAP"], "AP": res["AP"], "metrics": res, "detections": len(det.scores),
             "png": str(written.get("png")), "geojson": str(written.get("geojson")), "checkpoint": best,

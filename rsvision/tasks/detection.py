@@ -56,7 +56,7 @@ def evaluate_detections(dets: dict[str, list], gts: dict[str, dict], class_names
     """
     import numpy as np
 
-    from rsvision.data.dota import evaluate_polys
+    from rsvision.data.dota.evaluate import evaluate_polys
 
     def np_(x):
         return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -216,7 +216,8 @@ class DetectionTask(L.LightningModule):
                 gts.update(g)
         res = evaluate_detections(dets, gts, self.hparams.class_names, self.hparams.iou_thr, self.hparams.metric)
         self.last_val_metrics = res
-        self.log("val/mAP", float(res["mAP"]), prog_bar=True, sync_dist=False, rank_zero_only=False)
+        mAP = res["mAP"] if res["mAP"] is not None else 0.0  # None: no ground truth in the val set
+        self.log("val/mAP", float(mAP), prog_bar=True, sync_dist=False, rank_zero_only=False)
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -400,9 +401,9 @@ def resolve_classes(cfg: DetectDataConfig) -> list[str]:
     """The class list: explicit ``data.classes`` or the format's published list."""
     if cfg.classes:
         return list(cfg.classes)
-    from rsvision.data import dota
+    from rsvision.data.dota.labels import class_names
 
-    return list(dota.class_names({"dota": "dota1.0", "dior": "dior", "hrsc": "hrsc"}[cfg.format]))
+    return list(class_names({"dota": "dota1.0", "dior": "dior", "hrsc": "hrsc"}[cfg.format]))
 
 
 def build_task(cfg: DetectConfig) -> tuple[DetectionTask, DetectionDataModule]:

@@ -95,6 +95,10 @@ def predict_scene(
     from rsvision.data.detection import pad_to_multiple
     from rsvision.ops import batched_nms_rotated
 
+    if not 0 <= overlap < window:
+        from rsvision.errors import ConfigError
+
+        raise ConfigError(f"window overlap must be in [0, window), got overlap={overlap}, window={window}")
     src = _open(source, bands)
     if src.count != len(mean):
         raise BandMismatchError(f"raster has {src.count} bands, the model expects {len(mean)} (checkpoint bands)",
@@ -213,7 +217,7 @@ def write_scene_outputs(det: SceneDetections, out_dir: str | Path, name: str | N
     written: dict[str, Path] = {}
     polys = det.polys().numpy()
     if task1:
-        from rsvision.data.dota import append_task1
+        from rsvision.data.dota.labels import append_task1
 
         written["task1"] = append_task1(out, name, polys, det.scores.numpy(),
                                         [det.class_names[int(v)] for v in det.labels])
@@ -250,7 +254,7 @@ def evaluate_folder(
 ) -> dict:
     """Detect on every full image of ``img_dir``, write merged Task1 files to ``dets_dir`` and score
     them against ``ann_dir`` with the DOTA evaluator (like the DOTA server) -> the detect JSON dict."""
-    from rsvision.data import dota
+    from rsvision.data.dota.evaluate import evaluate
     from rsvision.data.raster import is_image_file
 
     img_dir, dets_dir = Path(img_dir), Path(dets_dir)
@@ -265,4 +269,4 @@ def evaluate_folder(
         write_scene_outputs(det, dets_dir, f.stem, png=False, geojson=False)
     for c in classes:  # an empty Task1 file per class, so the evaluator sees every class
         (dets_dir / f"Task1_{c}.txt").touch()
-    return dota.evaluate(dets_dir, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric)
+    return evaluate(dets_dir, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric)

@@ -113,3 +113,49 @@ def test_collate_pads_to_32():
     assert targets[0]["image_size"] == (50, 70)
     assert metas[0]["shape"] == (50, 70) and metas[1]["name"] == "b"
     assert pad_to_multiple([torch.zeros(1, 32, 32)]).shape == (1, 1, 32, 32)
+
+
+def test_dataset_over_dota_folder_and_empty_flag(tmp_path):
+    from rsvision.data.detection import DetectionDataset, find_ann_dir
+    from rsvision.data.dota.labels import write_label_txt
+    from rsvision.data.synthetic.objects import make_dota_dataset
+
+    root = make_dota_dataset(tmp_path / "d", 3, 96, seed=0, num_objects=3)
+    names = sorted(p.stem for p in (root / "images").glob("*.png"))
+    write_label_txt(root / "labelTxt" / f"{names[0]}.txt", [], [])  # an image without objects
+    assert find_ann_dir(root) == root / "labelTxt"
+    ds = DetectionDataset(root / "images", root / "labelTxt", list(CLASSES))
+    assert len(ds) == 2
+    assert len(DetectionDataset(root / "images", root / "labelTxt", list(CLASSES), keep_empty=True)) == 3
+    s = ds[0]
+    assert s["image"].shape == (3, 96, 96) and s["image"].dtype == torch.float32
+    assert s["boxes"].shape[1] == 5 and len(s["boxes"]) == len(s["labels"]) == len(s["difficult"])
+    # boxes read back from labelTxt equal the generated objects (le90, via poly2obb)
+    from rsvision.data.synthetic.objects import make_image
+
+    seed = int(np.random.SeedSequence([0, 1]).generate_state(1)[0])
+    _, objs = make_image(96, 96, seed, 3)
+    ref = torch.tensor([o.obb() for o in objs], dtype=torch.float32)
+    got = ds[0]["boxes"]
+    assert torch.allclose(got[:, :4], ref[:, :4], atol=1e-3)
+    assert torch.allclose(torch.cos(2 * got[:, 4]), torch.cos(2 * ref[:, 4]), atol=1e-4)
+    # a class subset drops the other objects
+    only_tanks = DetectionDataset(root / "images", root / "labelTxt", ["tank"], keep_empty=True)
+    assert sum(len(it[2]) for it in only_tanks.items) == int(sum((it[2] == 2).sum() for it in ds.items))
+
+
+def test_dataset_over_real_dota_and_dior(shared):
+    from rsvision.data.detection import DetectionDataset
+    from rsvision.data.dota.labels import class_names
+
+    dota = shared("data", "dota")
+    ds = DetectionDataset(dota / "images", dota / "labelTxt", list(class_names("dota1.0")), names=["P1888"])
+    s = ds[0]
+    assert s["image"].shape == (3, 557, 712) and len(s["boxes"]) > 10
+    assert bool((s["boxes"][:, 2] >= s["boxes"][:, 3]).all())
+    dior = shared("data", "dior_r")
+    dd = DetectionDataset(dior / "JPEGImages-trainval", dior / "Annotations" / "Oriented Bounding Boxes",
+                          list(class_names("dior")), fmt="dior")
+    b = dd[0]["boxes"]
+    assert dd[0]["labels"].tolist() == [class_names("dior").index("golffield")]
+    assert torch.allclose(b[0], torch.tensor([408.5, 454.5, 551.0, 435.0, 0.0]), atol=1e-3)

@@ -243,7 +243,7 @@ def objects_to_polys(objects: Sequence[SynthObject]) -> np.ndarray:
 
 def write_label_txt(path: str | Path, objects: Sequence[SynthObject], gsd: float | None = None) -> None:
     """Write a DOTA labelTxt file for ``objects`` (difficulty 0) through the DOTA writer."""
-    from rsvision.data.dota import write_label_txt as _write
+    from rsvision.data.dota.labels import write_label_txt as _write
 
     polys = objects_to_polys(objects)
     _write(path, polys, [o.name for o in objects], difficult=[0] * len(objects), gsd=gsd)
