@@ -209,14 +209,18 @@ def _grads(model, x):
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-def test_training_path_gradients_and_bn(golden):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_training_path_gradients_and_bn(golden, recompute, monkeypatch):
     name, g, sd = golden
     plain = _model(name, sd, num_classes=0).train()
-    fast_m = optimize_for_training(plain)
+    monkeypatch.setattr(fast, "_TRAIN_TILE_BYTES", 4096)  # several (batch, channel) tiles
+    monkeypatch.setattr(fast, "_TRAIN_TILE_CHANNELS", 48)
+    fast_m = optimize_for_training(plain, recompute_ffn=recompute)
+    assert any(isinstance(mod, (fast.TiledMlp, fast.TiledPartialConvMlp)) for mod in fast_m.modules()) == recompute
     assert fast_m is not plain and list(fast_m.state_dict()) == list(plain.state_dict())
     if name.startswith("lsknet"):
         assert any(isinstance(mod, PhaseDilatedConv2d) for mod in fast_m.modules())
-    x = g["inputs"][0]  # 96 x 128: stage widths not multiples of 3 (phase padding path)
+    x = g["inputs"][1]  # 2 x 100 x 130: stage widths not multiples of 3 (phase padding path)
     gp = _grads(plain, x)
     gf = _grads(fast_m, x.contiguous(memory_format=torch.channels_last))
     assert gp.keys() == gf.keys()
