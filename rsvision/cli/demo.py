@@ -96,9 +96,9 @@ def classify(
 def detect(
     out: DemoOutOpt = None,
     minutes: Annotated[float, typer.Option("--minutes", help="Training budget (wall clock).")] = 3.0,
-    train_images: Annotated[int, typer.Option("--train-images", help="Synthetic 256 px training images.")] = 240,
-    scene_size: Annotated[int, typer.Option("--scene-size", help="Held-out GeoTIFF scene size (px).")] = 1536,
-    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads.")] = 2,
+    train_images: Annotated[int, typer.Option("--train-images", help="Synthetic 192 px training images.")] = 240,
+    scene_size: Annotated[int, typer.Option("--scene-size", help="Held-out GeoTIFF scene size (px).")] = 1024,
+    threads: Annotated[int, typer.Option("--threads", help="torch compute threads (plus one data worker).")] = 1,
 ) -> None:
     """Synthetic oriented objects -> train a small LSKNet-T Oriented R-CNN -> predict a held-out GeoTIFF scene."""
     import time

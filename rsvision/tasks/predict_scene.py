@@ -73,6 +73,7 @@ def predict_scene(
     bands: Sequence[int] | None = None,
     device: str | torch.device | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    max_windows: int | None = None,
 ) -> SceneDetections:
     """Detect rotated objects in a scene of any size.
 
@@ -88,6 +89,7 @@ def predict_scene(
         max_det: keep at most this many detections per scene (highest scores).
         bands: 0-based bands to read (default: all non-alpha bands, which must match ``mean``).
         progress: True for a rich progress bar, or a callback ``(done, total)``.
+        max_windows: process only the first N windows (benchmarks time a part of a huge scene).
 
     Raises:
         BandMismatchError: the raster's band count differs from the checkpoint's.
@@ -112,6 +114,9 @@ def predict_scene(
         size = max(32, int(round(window / rate)))
         gap = min(int(round(overlap / rate)), size - 1)
         jobs += [(float(rate), w) for w in sliding_windows(H, W, size, gap)]
+    n_all = len(jobs)
+    if max_windows is not None:
+        jobs = jobs[:max_windows]
     total = len(jobs)
     bar = None
     if progress is True:
@@ -171,7 +176,8 @@ def predict_scene(
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     return SceneDetections(boxes, scores, labels, H, W, list(class_names), transform, crs,
                            str(path) if path is not None else None,
-                           {"windows": total, "raw_detections": n_raw, "megapixels": H * W / 1e6})
+                           {"windows": total, "windows_total": n_all, "raw_detections": n_raw,
+                            "megapixels": H * W / 1e6})
 
 
 def read_overview(source: Any, max_side: int = 4096, bands: Sequence[int] | None = None) -> tuple[np.ndarray, float]:

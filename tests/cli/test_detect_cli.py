@@ -120,3 +120,17 @@ def test_predict_band_mismatch_is_a_clear_error(trained, tmp_path):
                             str(tmp_path / "o"), "--device", "cpu"])
     assert r.exit_code != 0 and isinstance(r.exception, BandMismatchError)
     assert "2 bands" in str(r.exception) and "two.tif" in str(r.exception)
+
+
+def test_demo_detect_smoke(tmp_path):
+    """The default demo's plumbing with a seconds-long budget (accuracy is the benchmark's job)."""
+    from rsvision.cli import demo
+
+    assert demo.DEFAULT_DEMO == "detect"
+    r = runner.invoke(app, ["demo", "detect", "--out", str(tmp_path), "--minutes", "0.02", "--train-images", "4",
+                            "--scene-size", "256"])
+    assert r.exit_code == 0, r.output[-3000:] + repr(r.exception)
+    assert "mAP@0.5" in r.output
+    assert (tmp_path / "prediction" / "scene.png").is_file()
+    gj = json.loads((tmp_path / "prediction" / "scene.geojson").read_text())
+    assert gj["crs"]["properties"]["name"].endswith("32633")
