@@ -75,31 +75,70 @@ def _walk(m: int, i: Tensor, j: Tensor) -> np.ndarray:
     return np.flatnonzero(~removed)
 
 
-def _search_boxes(b: Tensor, lab: Tensor | None) -> Tensor:
-    """Boxes for the overlap search: classes shifted apart along x (float64), so that pairs of
-    different classes are never enumerated (the label filter stays as a safety net)."""
-    if lab is None or b.device.type == "mps" or b.shape[0] == 0:
-        return b
+def _search_boxes(b: Tensor, lab: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Boxes for the overlap search only, ``(k0, k1)``: the x-sweep of
+    :func:`~rsvision.ops.iou.candidate_pairs` made two-dimensional and per class.
+
+    Each (class, y strip) gets its own stretch of the x axis (float64, far inside the search's
+    1e-3 margin), strips at least as tall as any two boxes' y extents, so only pairs of one class
+    in the same or adjacent strips are ever enumerated: ``k0`` shifts a box by its own key, ``k1``
+    by its key minus one (a box of ``k0`` meets one of ``k1`` only if the latter is one strip
+    higher). ``k1`` is None when there are too few strips to gain anything.
+    """
+    if b.device.type == "mps" or b.shape[0] == 0:
+        return b, None
     s = b.to(torch.float64, copy=True)
-    _, ex, _ = _half_extents(s)
+    _, ex, ey = _half_extents(s)
     ok = torch.isfinite(s).all(1)
     if not bool(ok.any()):
-        return b
-    lo, hi = float((s[ok, 0] - ex[ok]).min()), float((s[ok, 0] + ex[ok]).max())
-    span = (hi - lo) * (1 + 1e-3) + 16.0
-    ids = torch.unique(lab, return_inverse=True)[1]
-    if (int(ids.max()) + 1) * span > 1e12:  # float64 would lose the search margin's precision
-        return b
-    s[:, 0] += ids.to(torch.float64) * span
-    return s
+        return b, None
+    xlo, xhi = float((s[ok, 0] - ex[ok]).min()), float((s[ok, 0] + ex[ok]).max())
+    ylo, yhi = float((s[ok, 1] - ey[ok]).min()), float((s[ok, 1] + ey[ok]).max())
+    span = (xhi - xlo) * (1 + 1e-3) + 16.0
+    strip_h = 2 * float(ey[ok].max()) * (1 + 1e-3) + 1e-2  # >= any grown y overlap distance
+    n_strips = int((yhi - ylo) / strip_h) + 1
+    if n_strips < 3 and lab is None:
+        return b, None
+    key = torch.zeros(len(s), dtype=torch.float64, device=s.device)
+    if n_strips >= 3:
+        strip = torch.floor((s[:, 1] - ylo) / strip_h).clamp(0, n_strips - 1)
+        key = torch.where(ok, strip, key)
+    else:
+        n_strips = 1
+    if lab is not None:  # a spare strip per class keeps "key - 1" inside the class's stretch
+        key = key + torch.unique(lab, return_inverse=True)[1].to(torch.float64) * (n_strips + 1)
+    if (float(key.max()) + 2) * span > 1e12:  # too far apart for the margin: plain boxes + label filter
+        return b, None
+    k0 = s.clone()
+    k0[:, 0] += key * span
+    if n_strips < 3:
+        return k0, None
+    s[:, 0] += (key - 1) * span
+    return k0, s
 
 
-def _kill(geo: _Geo, srch: Tensor, lab: Tensor | None, live: Tensor, a: Tensor, c: Tensor, thr: float) -> None:
+def _pairs(srch: tuple, lab: Tensor | None, a: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Possibly overlapping pairs among the ranks ``a`` (``i < j``, local) or between ``a`` and ``c``."""
+    k0, k1 = srch
+    la = lab[a] if lab is not None else None
+    if c is None:
+        i, j = candidate_pairs(k0[a], None, la, la)
+        if k1 is not None:
+            i2, j2 = candidate_pairs(k0[a], k1[a], la, la)
+            i, j = torch.cat([i, torch.minimum(i2, j2)]), torch.cat([j, torch.maximum(i2, j2)])
+        return i, j
+    lc = lab[c] if lab is not None else None
+    parts = [candidate_pairs(k0[a], k0[c], la, lc)]
+    if k1 is not None:
+        parts += [candidate_pairs(k0[a], k1[c], la, lc), candidate_pairs(k1[a], k0[c], la, lc)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _kill(geo: _Geo, srch: tuple, lab: Tensor | None, live: Tensor, a: Tensor, c: Tensor, thr: float) -> None:
     """Suppress the candidates ``c`` (ranks) hit by the kept boxes ``a`` (ranks, all ``< c``)."""
     if a.numel() == 0 or c.numel() == 0:
         return
-    la, lc = (lab[a], lab[c]) if lab is not None else (None, None)
-    i, j = candidate_pairs(srch[a], srch[c], la, lc)
+    i, j = _pairs(srch, lab, a, c)
     i, j = a[i], c[j]
     m = _bound_ok(geo, i, j, thr)
     i, j = i[m], j[m]
@@ -138,8 +177,7 @@ def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | Non
         # the block's live boxes were already tested against all earlier kept boxes: resolve them
         # among themselves (local indices follow rank order)
         cand = pos + live[pos:end].nonzero().squeeze(1)
-        lc = lab[cand] if lab is not None else None
-        i, j = candidate_pairs(srch[cand], None, lc, lc)
+        i, j = _pairs(srch, lab, cand)
         m = _bound_ok(geo, cand[i], cand[j], thr)
         i, j = i[m], j[m]
         hit = _iou_hit(geo, cand[i], cand[j], thr) if i.numel() else m[:0]
@@ -156,12 +194,13 @@ def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | Non
         is_kept = np.zeros(cand.numel() + 1, dtype=bool)
         is_kept[keep_local] = True
         waste = int((~is_kept[i.cpu().numpy()]).sum()) if i.numel() else 0
-        if waste * 16 < _WASTE:
-            size *= 4
-        elif waste * 4 < _WASTE:
-            size *= 2
-        elif waste > _WASTE:
+        if waste > _WASTE:
             size = max(size // 2, 32)
+        else:  # waste grows ~quadratically with the block: f * f * waste <= _WASTE
+            f = 8
+            while f > 1 and f * f * waste > _WASTE:
+                f //= 2
+            size *= f
         pos = end
     keep = torch.cat(kept) if kept else empty
     if limit > 0:
