@@ -12,6 +12,7 @@ class names, bands, per-band mean/std, angle version, image size and GSD, so
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from rsvision.errors import CheckpointError, ConfigError
 from rsvision.tasks.common import TrainerOptions
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DetectionTask", "DetectionDataModule", "DetectDataConfig", "DetectModelConfig", "DetectOptimConfig",
            "DetectEvalConfig", "DetectConfig", "build_task", "train", "load_detector", "freeze_bn", "lr_factor",
@@ -140,6 +143,7 @@ class DetectionTask(L.LightningModule):
             from rsvision.models import load_checkpoint
 
             self.load_report = load_checkpoint(self.model, pretrained)
+            log.info("pretrained weights from %s:\n%s", pretrained, getattr(self.load_report, "summary", lambda: "")())
         self._val_dets: dict[str, tuple] = {}
         self._val_gts: dict[str, dict] = {}
 
@@ -242,7 +246,18 @@ class DetectDataConfig:
     flip: bool = True
     rotate_p: float = 0.5
     val_split: float = 0.0  # >0: hold out this fraction of train when there is no val dir
-    img_dir_name: str = "images"
+    train_list: str | None = None  # text file of image stems (HRSC/DIOR ImageSets/*.txt); None: all images
+    val_list: str | None = None
+
+
+def _read_list(path: str | None) -> list[str] | None:
+    """Image stems, one per line (ImageSets files); None when no list is given."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("image list file not found", path=p)
+    return [Path(line.strip()).stem for line in p.read_text().splitlines() if line.strip()]
 
 
 def _dirs(d: str | Path, fmt: str) -> tuple[Path, Path]:
@@ -288,11 +303,15 @@ class DetectionDataModule(L.LightningDataModule):
         tr = T.train_transforms(self.mean, self.std, rect, None, c.flip, c.rotate_p)
         ev = T.eval_transforms(self.mean, self.std)
         img, ann = _dirs(self._train_dir(), c.format)
-        self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands)
+        self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands,
+                                         _read_list(c.train_list))
         vd = self._val_dir()
+        if vd is None and c.val_list:  # HRSC / DIOR: one image folder, split by ImageSets lists
+            vd = self._train_dir()
         if vd is not None:
             vimg, vann = _dirs(vd, c.format)
-            self.val_ds = DetectionDataset(vimg, vann, self.class_names, c.format, ev, True, c.bands)
+            self.val_ds = DetectionDataset(vimg, vann, self.class_names, c.format, ev, True, c.bands,
+                                           _read_list(c.val_list))
         elif c.val_split > 0:
             import numpy as np
 
