@@ -24,6 +24,7 @@ WindowOpt = Annotated[Optional[int], typer.Option("--window", help="Window size 
 OverlapOpt = Annotated[Optional[int], typer.Option(
     "--overlap", help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
 ScalesOpt = Annotated[Optional[list[float]], typer.Option("--scale", help="Test rate; repeat for multi-scale (0.5 1.0 1.5).")]
+MultiScaleOpt = Annotated[bool, typer.Option("--multi-scale", help="Published multi-scale test: rates 0.5, 1.0, 1.5.")]
 NmsOpt = Annotated[float, typer.Option("--nms-iou", help="Per-class rotated NMS IoU for merging windows.")]
 PredBatchOpt = Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")]
 DevOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:<i> | auto.")]
@@ -41,6 +42,10 @@ def _windows(hp: dict, window: int | None, overlap: int | None) -> tuple[int, in
     """Window size (default: the training image size) and overlap (default: 200, <= window / 4)."""
     w = int(window or hp.get("img_size", 1024))
     return w, int(overlap if overlap is not None else min(200, w // 4))
+
+
+def _scales(scale: list[float] | None, multi: bool) -> list[float]:
+    return [0.5, 1.0, 1.5] if multi else (scale or [1.0])
 
 
 def _load(checkpoint: Path, device: str):
@@ -88,7 +93,8 @@ def eval_(
     data: DataOpt = None,
     json_out: JsonOpt = None,
     dets: Annotated[Optional[Path], typer.Option("--dets", help="Keep the merged Task1 files here.")] = None,
-    window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None, nms_iou: NmsOpt = 0.1,
+    window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None,
+    multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = 0.1,
     iou_thr: Annotated[float, typer.Option("--iou-thr")] = 0.5,
     metric: Annotated[str, typer.Option("--metric", help="voc07 | voc12")] = "voc07",
     batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
@@ -106,7 +112,7 @@ def eval_(
     model, hp = _load(checkpoint, device)
     with tempfile.TemporaryDirectory() as tmp:
         res = evaluate_folder(model, hp, img_dir, ann_dir, dets or tmp, *_windows(hp, window, overlap),
-                              batch_size, scale or [1.0], nms_iou, iou_thr, metric, progress=True)
+                              batch_size, _scales(scale, multi_scale), nms_iou, iou_thr, metric, progress=True)
     print_detect_metrics(res)
     if json_out is not None:
         write_json(res, json_out)
@@ -116,7 +122,8 @@ def eval_(
 @app.command()
 def predict(
     checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None,
-    window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None, nms_iou: NmsOpt = 0.1,
+    window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None,
+    multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = 0.1,
     score_thr: Annotated[float, typer.Option("--score-thr", help="Drop detections below this score.")] = 0.3,
     batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
@@ -140,7 +147,7 @@ def predict(
     t.add_column("per class")
     for f in files:
         det = predict_scene(model, f, hp["mean"], hp["std"], classes, *_windows(hp, window, overlap),
-                            batch_size, scale or [1.0], nms_iou, score_thr, progress=True)
+                            batch_size, _scales(scale, multi_scale), nms_iou, score_thr, progress=True)
         written = write_scene_outputs(det, out, f.stem, png=png, geojson=geojson)
         counts = {c: int((det.labels == i).sum()) for i, c in enumerate(classes)}
         t.add_row(f.name, f"{det.width}x{det.height}", str(len(det.scores)),
