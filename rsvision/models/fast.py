@@ -19,6 +19,9 @@ Inference (``optimize_for_inference``), in eval semantics:
   combines pixels in the same (row mod d, column mod d) phase, so it equals an *undilated* 7x7
   conv on each of the d*d phase sub-images (the pad of 9 becomes 3). We gather the 9 phases into
   a batch, run the fast undilated kernel, and scatter back (exact; any size, incl. H % 3 != 0).
+- The FFN (1x1 -> depthwise 3x3 -> 1x1, 8x wide inside) runs in cache-sized tiles on large
+  inputs: on this class of machine each fresh multi-MB tensor costs page faults (glibc hands
+  big blocks back to the OS on free), which made the FFN's hidden tensors the largest cost.
 - CUDA, ONNX export / tracing / torch.compile and non-float32 inputs take plain aten ops (same
   folded weights), so the module exports to ONNX with standard ``Conv`` nodes.
 
@@ -205,7 +208,7 @@ class _Conv(nn.Module):
     def from_conv(cls, conv: nn.Conv2d, scale=None, shift=None, out_scale=None, out_shift=None, act=None):
         """Fold ``conv(x * scale + shift)`` (1x1 only) and ``out_scale * conv(.) + out_shift``."""
         w = conv.weight.detach().double()
-        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
         if scale is not None:
             assert conv.kernel_size == (1, 1) and conv.groups == 1, "input fold only exact for 1x1 convs"
             b = b + w[:, :, 0, 0] @ shift.double()
@@ -414,13 +417,15 @@ def _backbones(model: nn.Module) -> list[PyramidBackbone]:
     return found
 
 
-def optimize_for_inference(model: nn.Module) -> nn.Module:
+def optimize_for_inference(model: nn.Module, compile: bool = False) -> nn.Module:
     """A new, faster eval-mode module computing the same function as ``model.eval()``.
 
     Works on ``LSKNet`` / ``HAKSNet`` backbones and on modules containing them (timm's
     ``features_only`` FeatureGetterNet, classifiers, detectors). ``model`` is not modified.
     The result is inference-only (BatchNorm is folded; parameters become buffers without grad).
     Stage outputs come out in channels-last memory (same values and shapes).
+    ``compile=True`` additionally wraps the result in ``torch.compile`` (optional: slow to
+    start; the eager module is already fast).
     """
     new = copy.deepcopy(model).eval()
     for bb in _backbones(new):
@@ -436,7 +441,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
                     raise TypeError(f"unsupported block {type(blk.attn).__name__} / {type(blk.mlp).__name__}")
     for p in new.parameters():
         p.requires_grad_(False)
-    return new.eval()
+    new.eval()
+    return torch.compile(new) if compile else new
 
 
 # --------------------------------------------------------------------------------------------
