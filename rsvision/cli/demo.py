@@ -79,7 +79,7 @@ def classify(
     for (path, true), p in zip(sample, preds):
         (c1, p1), (c2, p2) = p["top"][0], p["top"][1]
         ok = "green" if c1 == true else "red"
-        tb.add_row(path, true, f"[{ok}]{c1}[/]", f"{100 * p1:.1f}%", f"{c2} {100 * p2:.1f}%")
+        tb.add_row(Path(path).name, true, f"[{ok}]{c1}[/]", f"{100 * p1:.1f}%", f"{c2} {100 * p2:.1f}%")
     console.print(tb)
     if m is not None:
         console.print(f"[bold]4.[/] test split: OA {100 * m['overall_accuracy']:.1f}%, AA "
