@@ -116,3 +116,15 @@ def test_multiclass_max_num_is_truncation(blocks):
     per = boxes.repeat(1, c) + torch.randn(n, 5 * c, generator=gen) * 0.5
     full = multiclass_nms_rotated(per, scores, 0.05, 0.3)[0]
     assert torch.equal(multiclass_nms_rotated(per, scores, 0.05, 0.3, max_num=40)[0], full[:40])
+
+
+def test_far_apart_coordinates_and_search_fallback():
+    """Huge coordinate ranges (many y strips x a wide x span) fall back to the plain search."""
+    gen = torch.Generator().manual_seed(12)
+    boxes = _clusters(200, 3, gen, 1.0, torch.float64)  # 200 clusters of 3, then spread over 5e7 px
+    boxes[:, :2] += (torch.rand(200, 2, generator=gen, dtype=torch.float64) * 5e7).repeat_interleave(3, 0)
+    scores = torch.rand(len(boxes), generator=gen)
+    labels = torch.randint(0, 3, (len(boxes),), generator=gen)
+    assert nms_mod._search_boxes(boxes, labels)[0] is boxes  # fallback taken
+    assert len(_check(boxes, scores, 0.2, labels, limits=(5, 300))) < 500
+    assert len(_check(boxes, scores, 0.2, None, limits=(5,))) < 400
