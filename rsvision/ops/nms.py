@@ -6,18 +6,25 @@ as mmcv); results are indices into the input in decreasing score order, ties bro
 with a NaN or infinite field never suppresses and is never suppressed (its IoUs are NaN).
 
 Algorithm (exact, block-sequential): the ranked boxes are taken in blocks of consecutive ranks.
-A block's boxes are first tested against the boxes already kept (their decisions are final, and a
-later box cannot change them), then the survivors are resolved among themselves: exact IoU of their
-possibly overlapping pairs (:func:`~rsvision.ops.iou.candidate_pairs`, then an upper-bound filter)
-in one batched call, and a greedy walk over the sparse "i suppresses j" edges. Dense candidates
-(Oriented R-CNN's 2000 proposals x 15 classes) therefore cost ~(boxes x nearby *kept* boxes) exact
-IoUs instead of all overlapping pairs, and a ``max_num`` stops at the block where that many boxes
-are kept. The block grows while the wasted in-block work (pairs whose suppressor is itself
-suppressed) stays small, so a sparse scene is done in a handful of blocks. Classes are moved apart
-along x for the overlap search (float64), so per-class NMS never even enumerates pairs of
-different classes. Every pair's IoU is the same kernel, argument order and upper bound as a
-one-shot all-pairs pass (:func:`_nms_all_pairs`, kept for tests and benchmarks), so the keep lists
-are equal (up to last-bit rounding of IoUs at the threshold, which depends on batching in both).
+Every live box of a block has already been tested against all boxes kept before the block (whose
+decisions are final: a later box cannot change them), so the block is resolved among itself: exact
+IoU of its possibly overlapping pairs (:func:`~rsvision.ops.iou.candidate_pairs`, then an
+upper-bound filter) in one batched call and a greedy walk over the sparse "i suppresses j" edges;
+the boxes it keeps then suppress the later boxes right away. A box is thus tested only against
+nearby boxes that are *kept* while it is alive: dense candidates (Oriented R-CNN's 2000 proposals
+x 15 classes) cost ~(boxes x nearby kept boxes) exact IoUs instead of all overlapping pairs, and
+``max_num`` stops at the block where that many boxes are kept (later boxes are only looked at up
+to a horizon that grows 4x when needed). Blocks grow while the wasted in-block work (pairs whose
+suppressor is itself suppressed) stays small, so a sparse scene takes a handful of blocks. The
+overlap search runs on float64 copies in which every (class, y strip) has its own stretch of the
+x axis: only same-class pairs in the same or adjacent strips are ever enumerated.
+
+Every pair's IoU comes from the same kernel, argument order (higher rank first) and upper bound as
+in the one-shot all-pairs pass (:func:`_nms_all_pairs`, the previous implementation, kept for
+tests and benchmarks), so the keep lists are equal. The one exception is an IoU within a last-bit
+rounding of the threshold: :func:`~rsvision.ops.iou.rotated_intersection_area` can round the last
+bit of a pair differently depending on the batch it comes in (its polygons get as many vertex
+slots as the batch's largest), and the two paths batch pairs differently.
 """
 from __future__ import annotations
 
