@@ -171,7 +171,8 @@ def bench_nms_dense(devices, old_proposals: int, old_full: bool) -> None:
             ref = _nms_all_pairs(cb, cs, iou_thr, cl)
             t_old = time.perf_counter() - t0
             new = batched_nms_rotated(cb, cs, cl, iou_thr)
-            print(f"  all-pairs path on all {len(cs)} candidates: {t_old:7.2f} s | same keep list: {torch.equal(ref, new)}")
+            print(f"  all-pairs path on all {len(cs)} candidates: {t_old:7.2f} s"
+                  f" | same keep list: {torch.equal(ref, new)}")
     # side by side on a subsample: block path, all-pairs path, shapely greedy loop
     boxes, scores = dense_proposals(old_proposals, c, seed=1)
     cb, cs, cl = candidates(boxes, scores, score_thr)
@@ -240,7 +241,8 @@ def main() -> None:
     if args.only in (None, "iou"):
         gen = torch.Generator().manual_seed(0)
         bench_iou("sparse", random_boxes(2000, gen, 1024.0), random_boxes(2000, gen, 1024.0), rows, devices)
-        bench_iou("dense", random_boxes(2000, gen, 20.0, (60, 200)), random_boxes(2000, gen, 20.0, (60, 200)), rows, devices)
+        dense = (random_boxes(2000, gen, 20.0, (60, 200)), random_boxes(2000, gen, 20.0, (60, 200)))
+        bench_iou("dense", *dense, rows, devices)
     if args.only in (None, "nms"):
         bench_nms(devices)
         bench_nms_dense(devices, args.old_proposals, args.old_full)

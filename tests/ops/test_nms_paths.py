@@ -26,7 +26,8 @@ def _boxes(n, gen, spread, size=(5.0, 65.0), dtype=torch.float32):
 
 def _clusters(n_obj, per_obj, gen, spread, dtype=torch.float32):
     base = _boxes(n_obj, gen, spread, (8.0, 60.0), torch.float64).repeat_interleave(per_obj, 0)
-    jit = torch.randn(base.shape, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 3, 3, 3, 0.1], dtype=torch.float64)
+    sigma = torch.tensor([3.0, 3, 3, 3, 0.1], dtype=torch.float64)
+    jit = torch.randn(base.shape, generator=gen, dtype=torch.float64) * sigma
     out = base + jit
     out[:, 2:4] = out[:, 2:4].abs() + 1
     return out.to(dtype)
