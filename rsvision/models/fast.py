@@ -227,7 +227,7 @@ class _Conv(nn.Module):
 # On CPU, FFN hidden activations above this size are computed in tiles (channel groups x row
 # strips of about _TILE_BYTES): fresh multi-MB tensors cost page faults (glibc returns big
 # blocks to the OS on free), and a tile stays in cache between its 1x1, depthwise and 1x1 convs.
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 16 << 20
 _TILE_BYTES = 1 << 20
 _TILE_CHANNELS = 64
 
