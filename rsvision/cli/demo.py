@@ -95,7 +95,7 @@ def classify(
 @app.command()
 def detect(
     out: DemoOutOpt = None,
-    minutes: Annotated[float, typer.Option("--minutes", help="Training budget (wall clock).")] = 3.0,
+    minutes: Annotated[float, typer.Option("--minutes", help="Training budget (wall clock).")] = 3.5,
     train_images: Annotated[int, typer.Option("--train-images", help="Synthetic 192 px training images.")] = 240,
     scene_size: Annotated[int, typer.Option("--scene-size", help="Held-out GeoTIFF scene size (px).")] = 1024,
     threads: Annotated[int, typer.Option("--threads", help="torch compute threads (plus one data worker).")] = 1,
