@@ -50,6 +50,7 @@ def main(argv=None) -> dict:
         make_geotiff_scene(scene, args.size, args.size, seed=0, label_path=scene.with_suffix(".txt"))
     t_gen = time.time() - t0
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hp: dict = {}
     if args.checkpoint:
         from rsvision.tasks.detection import load_detector
 
@@ -82,7 +83,9 @@ def main(argv=None) -> dict:
         "benchmark": "bench_predict", "scene": str(scene), "scene_px": [det.height, det.width],
         "scene_uncompressed_MB": round(det.height * det.width * 3 / 2**20, 1),
         "device": args.device, "threads": args.threads, "torch": torch.__version__,
-        "model": f"OrientedRCNN lsknet_t fpn {args.fpn} fc {args.fc}" + (" (checkpoint)" if args.checkpoint else " (random weights)"),
+        "model": (f"checkpoint {args.checkpoint}: {hp['model'].get('type')} {hp['model'].get('backbone')} fpn "
+                  f"{hp['model'].get('fpn_channels')} fc {hp['model'].get('fc_channels')}" if args.checkpoint else
+                  f"OrientedRCNN lsknet_t fpn {args.fpn} fc {args.fc} (random weights)"),
         "window": args.window, "overlap": args.overlap, "batch_size": args.batch_size, "windows": det.stats["windows"], "windows_total": det.stats["windows_total"],
         "extrapolated_full_scene_s": round(t_pred / frac, 1),
         "detections": len(det.scores), "predict_s": round(t_pred, 2), "write_s": round(t_write, 2),
