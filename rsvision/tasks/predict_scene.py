@@ -64,7 +64,7 @@ def predict_scene(
     std: Sequence[float],
     class_names: Sequence[str],
     window: int = 1024,
-    overlap: int = 200,
+    overlap: int | None = None,
     batch_size: int = 2,
     scales: Sequence[float] = (1.0,),
     nms_iou: float = 0.1,
@@ -82,7 +82,7 @@ def predict_scene(
         source: raster path (GeoTIFF, PNG, JPEG, ...) or a ``(C, H, W)`` array in raw pixel units.
         mean, std: per-band normalisation of the checkpoint (raw units).
         window, overlap: window size and overlap in pixels *of the network input*; at rate ``s`` a
-            window covers ``window / s`` scene pixels.
+            window covers ``window / s`` scene pixels; ``overlap=None``: 200, at most window / 4.
         scales: test rates (``(0.5, 1.0, 1.5)`` for the published multi-scale test).
         nms_iou: per-class rotated NMS threshold for merging windows and scales.
         score_thr: drop detections below this score before merging.
@@ -97,6 +97,8 @@ def predict_scene(
     from rsvision.data.detection import pad_to_multiple
     from rsvision.ops import batched_nms_rotated
 
+    if overlap is None:
+        overlap = min(200, window // 4)
     if not 0 <= overlap < window:
         from rsvision.errors import ConfigError
 
@@ -249,7 +251,7 @@ def evaluate_folder(
     ann_dir: str | Path,
     dets_dir: str | Path,
     window: int = 1024,
-    overlap: int = 200,
+    overlap: int | None = None,
     batch_size: int = 2,
     scales: Sequence[float] = (1.0,),
     nms_iou: float = 0.1,
