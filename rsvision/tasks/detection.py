@@ -163,6 +163,8 @@ class DetectionTask(L.LightningModule):
         loss = sum(v for k, v in losses.items() if k.startswith("loss"))  # "acc" etc. are diagnostics
         bs = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=False)
+        # epoch mean: what checkpoint selection uses when there is no validation set (a step value is noise)
+        self.log("train/epoch_loss", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         for k, v in losses.items():
             self.log(f"train/{k}", v, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
@@ -443,7 +445,7 @@ def train(cfg: DetectConfig, **trainer_overrides: Any) -> str | None:
 
     task, dm = build_task(cfg)
     if dm._val_dir() is None and cfg.data.val_split <= 0:  # no validation data: select on the training loss
-        cfg.trainer.monitor, cfg.trainer.mode = "train/loss", "min"
+        cfg.trainer.monitor, cfg.trainer.mode = "train/epoch_loss", "min"
         trainer_overrides.setdefault("limit_val_batches", 0)
     write_config(cfg.trainer.out, cfg)
     trainer = build_trainer(cfg.trainer, **trainer_overrides)
