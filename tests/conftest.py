@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RSVISION_SHARED", ROOT.parent / "shared"))
 REQUIRE_SHARED = os.environ.get("RSVISION_REQUIRE_SHARED", "0") == "1"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread by default: small test tensors gain nothing from more, and on a shared or
+# oversubscribed 2-core runner two OpenMP threads were measured 5-50x slower than one.
+# RSVISION_TEST_THREADS overrides it.
+torch.set_num_threads(int(os.environ.get("RSVISION_TEST_THREADS", "1")))
 
 
 def shared_path(*parts: str) -> Path:

@@ -23,14 +23,6 @@ from rsvision.models.heads.rpn import smooth_l1
 from rsvision.models.necks import FPN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two threads on an oversubscribed 2-core runner are several times slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # -- FPN ------------------------------------------------------------------------------------
 def test_fpn_shapes_odd_sizes_and_p6_maxpool():

@@ -14,14 +14,6 @@ from rsvision.ops import obb2poly
 from tests.conftest import shared_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two threads on an oversubscribed 2-core runner are several times slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def golden():

@@ -9,13 +9,6 @@ from rsvision.models.factory import build_model
 from rsvision.models.segmentation import Segmentor, SiameseChangeModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("decoder", ["upernet", "semantic_fpn"])
 @pytest.mark.parametrize("backbone", ["test_convnext", "test_resnet"])

@@ -16,13 +16,6 @@ from rsvision.errors import DataError
 from rsvision.tasks.metrics import change_metrics, confusion_matrix
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_change_metrics_by_hand():
     target = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 255, 255])

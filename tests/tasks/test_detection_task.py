@@ -19,14 +19,6 @@ TINY = {"type": "OrientedRCNN", "backbone": "lsknet_t", "fpn_channels": 32, "fc_
 CLASSES = ["ship", "vehicle", "tank"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads can be 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class SynthDS(Dataset):
     """In-memory synthetic samples (no files): normalised image + le90 targets."""
@@ -151,8 +143,10 @@ DDP_SCRIPT = textwrap.dedent('''
     w = [p.detach().clone() for p in task.model.parameters()][-1]
     g = [torch.zeros_like(w) for _ in range(2)]
     torch.distributed.all_gather(g, w)  # DDP keeps replicas identical
-    print("DDP_OK", tr.global_rank, tr.world_size, tr.global_step, tr.strategy._process_group_backend,
-          bool(torch.equal(g[0], g[1])), flush=True)
+    # one write() per rank: print() writes text and newline separately, so two ranks interleave
+    sys.stdout.write(f"DDP_OK {{tr.global_rank}} {{tr.world_size}} {{tr.global_step}} "
+                     f"{{tr.strategy._process_group_backend}} {{bool(torch.equal(g[0], g[1]))}}\\n")
+    sys.stdout.flush()
 ''')
 
 

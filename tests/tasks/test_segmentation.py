@@ -17,13 +17,6 @@ from rsvision.tasks.metrics import confusion_matrix, segmentation_metrics
 from rsvision.tasks.sliding import RasterSource, blend_weights, iter_blended_strips, sliding_window_inference
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --- metrics ------------------------------------------------------------------------------------
 def test_segmentation_metrics_by_hand():
