@@ -172,7 +172,8 @@ def predict_scene(
     labels = torch.cat(all_l) if all_l else torch.zeros(0, dtype=torch.long)
     n_raw = len(boxes)
     if n_raw:
-        keep = batched_nms_rotated(boxes, scores, labels, nms_iou)
+        # max_num stops the greedy pass early (same result as truncating; <= 0 means "all" there)
+        keep = batched_nms_rotated(boxes, scores, labels, nms_iou, max_num=-1 if max_det is None else max_det)
         if max_det is not None:
             keep = keep[:max_det]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
