@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rsvision.data.raster import IMAGE_EXTENSIONS, read_image
+from rsvision.data.raster import IMAGE_EXTENSIONS, read_image, read_rasterio
 from rsvision.data.segmentation import augment_flips, random_crop, read_mask
-from rsvision.errors import BandMismatchError, DataError
+from rsvision.errors import DataError
 
 __all__ = [
     "CHANGE_CLASSES", "ChangeItem", "find_change_triplets", "find_sparse_scene", "find_change_items",
@@ -50,18 +50,7 @@ def read_raster(path: str | Path, bands: Sequence[int] | None = None) -> np.ndar
         return read_image(path, bands)
     if not path.is_file():
         raise DataError("no such raster file", path=path)
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            idx = None if bands is None else [int(b) + 1 for b in bands]
-            if idx is not None and max(idx) > src.count:
-                raise BandMismatchError(f"asked for bands {list(bands)} but the file has {src.count}", path=path)
-            return src.read(idx)
-    except BandMismatchError:
-        raise
-    except Exception as exc:
-        raise DataError(f"cannot read raster ({type(exc).__name__}: {exc})", path=path) from exc
+    return read_rasterio(path, bands)
 
 
 def read_binary_label(path: str | Path) -> np.ndarray:

@@ -72,7 +72,8 @@ def _read_pil(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image ({type(exc).__name__}: {exc})", path=path) from exc
 
 
-def _read_rasterio(path: Path, bands: Sequence[int] | None) -> np.ndarray:
+def read_rasterio(path: Path, bands: Sequence[int] | None = None) -> np.ndarray:
+    """``(C, H, W)`` of any GDAL-readable raster (GeoTIFF, ENVI, ...), with rsvision's errors."""
     try:
         import rasterio
     except ImportError as exc:  # pragma: no cover - rasterio is a dev / geo extra
@@ -105,7 +106,7 @@ def read_image(path: str | Path, bands: Sequence[int] | None = None) -> np.ndarr
     if not path.is_file():
         raise DataError("no such image file", path=path)
     if path.suffix.lower() in _RASTERIO_EXT:
-        return _read_rasterio(path, bands)
+        return read_rasterio(path, bands)
     arr = _read_pil(path)
     if bands is not None:
         if max(bands) >= arr.shape[0]:
