@@ -58,27 +58,13 @@ class Encoder(nn.Module):
     def load_pretrained(self, path: Any) -> Any:
         """Load a backbone / classifier / full checkpoint (any format ``load_checkpoint`` reads).
 
-        The checkpoint goes into the plain timm model first (where official, MMRotate and timm key
-        layouts are understood), whose tensors are then matched to the ``features_only`` wrapper's
-        flattened names (``stages.0`` -> ``stages_0``, or a ``model.`` prefix). Returns the load report.
+        ``load_checkpoint`` matches keys onto timm's ``features_only`` wrappers directly (their
+        ``model.`` prefix and flattened ``stages_0`` names). Returns the load report.
         """
-        import timm
-
         from rsvision.models import load_checkpoint
 
-        base = timm.create_model(self.name, pretrained=False, in_chans=self.in_chans, **self._kwargs)
-        report = load_checkpoint(base, path)
-        norm = lambda k: k.replace("_", ".")  # noqa: E731
-        src = {norm(k): v for k, v in base.state_dict().items()}
-        own = self.body.state_dict()
-        new = {}
-        for k, v in own.items():  # FeatureListNet flattens names; FeatureGetterNet prefixes "model."
-            for cand in (norm(k), norm(k[len("model."):]) if k.startswith("model.") else None):
-                if cand in src and src[cand].shape == v.shape:
-                    new[k] = src[cand]
-                    break
-        self.body.load_state_dict(new, strict=False)
-        report.meta["encoder_tensors_loaded"] = f"{len(new)}/{len(own)}"
+        report = load_checkpoint(self.body, path)
+        report.meta["encoder_tensors_loaded"] = f"{len(report.loaded)}/{len(self.body.state_dict())}"
         return report
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
