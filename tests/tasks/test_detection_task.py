@@ -147,6 +147,11 @@ DDP_SCRIPT = textwrap.dedent('''
     sys.stdout.write(f"DDP_OK {{tr.global_rank}} {{tr.world_size}} {{tr.global_step}} "
                      f"{{tr.strategy._process_group_backend}} {{bool(torch.equal(g[0], g[1]))}}\\n")
     sys.stdout.flush()
+    torch.distributed.destroy_process_group()
+    # skip interpreter teardown: a gloo thread left behind at exit occasionally aborts the
+    # process ("terminate called without an active exception") after all the work is checked
+    import os
+    os._exit(0)
 ''')
 
 
