@@ -6,7 +6,8 @@
 For each model: forward of 1x3x1024x1024 in eval (plain NCHW vs ``optimize_for_inference``) and
 a train step on 8x3x256x256 (forward + backward + SGD step; plain NCHW vs
 ``optimize_for_training``), starting from the same random weights. Plain and fast runs
-alternate and the table shows medians, so a shared machine's load hits both alike; the load
+alternate (each timed call after an untimed one of the same path) and the table shows medians,
+so a shared machine's load hits both alike; the load
 average at start and end is printed. Wall time is the goal metric; the process CPU-time ratio is
 shown too (it moves less with other users' load). The floor is FLOPs / (FLOP per CPU second of
 a 2048x2048 fp32 matmul measured in the same run); train counts 3x forward FLOPs (forward,
@@ -38,12 +39,16 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def _interleaved(fns: dict, repeats: int) -> dict:
-    """Median wall and CPU seconds of each callable, run alternately after one warm-up each."""
-    for fn in fns.values():
-        fn()
+    """Median wall and CPU seconds of each callable, the callables taking turns.
+
+    Each timed call follows an untimed call of the same callable, so both paths are measured in
+    their steady state (a scene or an epoch is many repeated calls): without it, each path's first
+    call after the other's pays page faults for memory the other just returned to the OS.
+    """
     res = {k: ([], []) for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            fn()
             w, c = _timed(fn)
             res[k][0].append(w)
             res[k][1].append(c)

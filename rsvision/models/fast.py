@@ -49,6 +49,8 @@ __all__ = [
     "optimize_for_inference",
     "optimize_for_training",
     "dilated_depthwise_conv",
+    "depthwise_conv",
+    "DepthwiseConv2d",
     "PhaseDilatedConv2d",
     "PointwiseConv2d",
     "TiledMlp",
@@ -92,6 +94,40 @@ def _use_mkldnn(x: torch.Tensor) -> bool:
     return _MKLDNN
 
 
+class _DepthwiseConv(torch.autograd.Function):
+    """Stride-1 depthwise conv whose backward skips oneDNN's bias gradient.
+
+    On CPU, ``convolution_backward`` with the bias gradient requested costs about as much as
+    the weight gradient again (measured 1.3-2x the input+weight backward); the bias gradient is
+    just ``grad.sum((0, 2, 3))``. Forward is ``F.conv2d`` unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int, dilation: int):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (padding, dilation, bias is not None)
+        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        p, d, has_bias = ctx.conf
+        g = g.contiguous(memory_format=_CL) if x.is_contiguous(memory_format=_CL) else g.contiguous()
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            g, x, w, None, [1, 1], [p, p], [d, d], False, [0, 0], x.shape[1], [need_x, need_w, False]
+        )
+        gb = g.sum((0, 2, 3)) if has_bias and need_b else None
+        return gx, gw, gb, None, None
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int, dilation: int = 1):
+    """Stride-1 depthwise ``F.conv2d`` (x: (B, C, H, W), weight: (C, 1, k, k)) with a cheaper CPU backward."""
+    if x.device.type == "cpu" and not _tracing() and torch.is_grad_enabled():
+        return _DepthwiseConv.apply(x, weight, bias, padding, dilation)
+    return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+
 def dilated_depthwise_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int
 ) -> torch.Tensor:
@@ -100,33 +136,22 @@ def dilated_depthwise_conv(
     x: (B, C, H, W), weight: (C, 1, k, k) with k odd; padding ``d * (k // 2)``, stride 1.
     Output pixel (h, w) only reads pixels with the same (h mod d, w mod d), so each phase
     sub-image ``x[:, :, i::d, j::d]`` is convolved alone with the undilated kernel and pad k//2.
-    Phases are zero-filled up to ``ceil(H/d)`` rows: those rows stand for the original zero pad.
-    Exact for every H, W. Returns channels-last (B, C, H, W).
+    When H or W is not a multiple of d the map is zero-padded up to one first: the extra rows
+    stand for the original zero pad. Exact for every H, W. Returns channels-last (B, C, H, W).
+    Gather and scatter are single contiguous copies (reshape of a permuted view), also in backward.
     """
     B, C, H, W = x.shape
     d, k = dilation, weight.shape[-1]
     Hd, Wd = -(-H // d), -(-W // d)
     xh = x.permute(0, 2, 3, 1)  # (B, H, W, C) view; contiguous when x is channels-last
-    if H % d == 0 and W % d == 0:
-        ph = xh.reshape(B, Hd, d, Wd, d, C).permute(0, 2, 4, 1, 3, 5).reshape(B * d * d, Hd, Wd, C)
-    else:
-        ph = x.new_zeros(B, d, d, Hd, Wd, C)
-        for i in range(d):
-            for j in range(d):
-                src = xh[:, i::d, j::d]
-                ph[:, i, j, : src.shape[1], : src.shape[2]] = src
-        ph = ph.view(B * d * d, Hd, Wd, C)
-    y = F.conv2d(ph.permute(0, 3, 1, 2), weight, bias, padding=k // 2, groups=C)
-    yh = y.permute(0, 2, 3, 1).reshape(B, d, d, Hd, Wd, C)
-    if H % d == 0 and W % d == 0:
-        out = yh.permute(0, 3, 1, 4, 2, 5).reshape(B, H, W, C)
-    else:
-        out = x.new_empty(B, H, W, C)
-        for i in range(d):
-            for j in range(d):
-                dst = out[:, i::d, j::d]
-                dst.copy_(yh[:, i, j, : dst.shape[1], : dst.shape[2]])
-    return out.permute(0, 3, 1, 2)
+    if (Hd * d, Wd * d) != (H, W):
+        xh = F.pad(xh, (0, 0, 0, Wd * d - W, 0, Hd * d - H))
+    ph = xh.reshape(B, Hd, d, Wd, d, C).permute(0, 2, 4, 1, 3, 5).reshape(B * d * d, Hd, Wd, C)
+    y = depthwise_conv(ph.permute(0, 3, 1, 2), weight, bias, k // 2)
+    yh = y.permute(0, 2, 3, 1).reshape(B, d, d, Hd, Wd, C).permute(0, 3, 1, 4, 2, 5).reshape(B, Hd * d, Wd * d, C)
+    if (Hd * d, Wd * d) != (H, W):
+        yh = yh[:, :H, :W].contiguous()
+    return yh.permute(0, 3, 1, 2)
 
 
 class PhaseDilatedConv2d(nn.Conv2d):
@@ -195,6 +220,15 @@ class PointwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """Stride-1 depthwise ``nn.Conv2d`` (same parameters and keys) with ``depthwise_conv``'s backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.padding_mode == "zeros" and not _tracing():
+            return depthwise_conv(x, self.weight, self.bias, self.padding[0], self.dilation[0])
+        return super().forward(x)
+
+
 class _Conv(nn.Module):
     """A conv with constant (folded) weights and an optional fused epilogue (see ``_conv``)."""
 
@@ -227,8 +261,10 @@ class _Conv(nn.Module):
 # On CPU, FFN hidden activations above this size are computed in tiles (channel groups x row
 # strips of about _TILE_BYTES): fresh multi-MB tensors cost page faults (glibc returns big
 # blocks to the OS on free), and a tile stays in cache between its 1x1, depthwise and 1x1 convs.
+# 4 MiB = one 2 MiB L2 per thread on the 2-core reference machine (swept 0.5-16 MiB on an idle
+# machine: 1 MiB 0.45 s, 2 MiB 0.39 s, 4 MiB 0.35 s, 8 MiB 0.41 s for LSKNet-T at 1024^2).
 _CHUNK_BYTES = 16 << 20
-_TILE_BYTES = 1 << 20
+_TILE_BYTES = 4 << 20
 _TILE_CHANNELS = 64
 
 
@@ -555,7 +591,8 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
 
     BatchNorm keeps batch statistics and running-stat updates; nothing is folded. Changes:
     channels-last memory format, LSKNet's dilated depthwise conv runs as a
-    ``PhaseDilatedConv2d`` and the blocks' 1x1 convs as ``PointwiseConv2d`` (GEMMs).
+    ``PhaseDilatedConv2d``, the blocks' 1x1 convs as ``PointwiseConv2d`` (GEMMs) and their
+    depthwise convs as ``DepthwiseConv2d`` (cheaper backward).
     ``recompute_ffn`` also runs the FFNs as ``TiledMlp`` / ``TiledPartialConvMlp``: cache-sized
     tiles whose 8x-wide hidden activations are recomputed in backward instead of stored. That
     saves most of the activation memory but measured ~15% slower per step on a 2-core CPU. Feed channels-last inputs (``x.contiguous(memory_format=
@@ -576,6 +613,11 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
                     and m.stride == (1, 1) and m.padding == (0, 0)
                 ):
                     m.__class__ = PointwiseConv2d  # same object and Parameters, new forward
+                elif (
+                    type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.stride == (1, 1)
+                    and m.padding[0] == m.padding[1] and m.dilation[0] == m.dilation[1] and m.padding_mode == "zeros"
+                ):
+                    m.__class__ = DepthwiseConv2d
             for m in blocks.modules() if recompute_ffn else ():
                 if type(m) is Mlp:
                     m.__class__ = TiledMlp
