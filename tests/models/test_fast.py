@@ -181,6 +181,32 @@ def test_phase_dilated_conv_equals_dilated_conv(h, w, dilation, k):
         assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dilation,k,pad,hw", [(1, 3, 1, (9, 7)), (1, 5, 2, (8, 8)), (3, 7, 9, (10, 8))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_grads_equal_conv2d(dilation, k, pad, hw, channels_last):
+    """Our backward (input / weight grads from oneDNN, bias grad summed) against autograd of F.conv2d."""
+    torch.manual_seed(0)
+    c = 6
+    x0 = torch.randn(2, c, *hw, dtype=torch.float64).float()
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    w0, b0 = torch.randn(c, 1, k, k), torch.randn(c)
+    gy = torch.randn(2, c, *hw)
+    grads = []
+    for fn in (
+        lambda x, w, b: F.conv2d(x, w, b, 1, pad, dilation, c),
+        lambda x, w, b: fast.depthwise_conv(x, w, b, pad, dilation),
+        lambda x, w, b: dilated_depthwise_conv(x, w, b, dilation) if dilation > 1 else fast.depthwise_conv(x, w, b, pad),
+    ):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        y = fn(x, w, b)
+        y.backward(gy)
+        grads.append((y.detach(), x.grad, w.grad, b.grad))
+    for other in grads[1:]:
+        for r, o in zip(grads[0], other):
+            assert torch.allclose(r, o, atol=1e-4, rtol=1e-5)
+
+
 def test_onnx_export_matches_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     name = "lsknet_t"
@@ -220,6 +246,7 @@ def test_training_path_gradients_and_bn(golden, recompute, monkeypatch):
     assert fast_m is not plain and list(fast_m.state_dict()) == list(plain.state_dict())
     if name.startswith("lsknet"):
         assert any(isinstance(mod, PhaseDilatedConv2d) for mod in fast_m.modules())
+    assert any(isinstance(mod, fast.DepthwiseConv2d) for mod in fast_m.modules())
     x = g["inputs"][1]  # 2 x 100 x 130: stage widths not multiples of 3 (phase padding path)
     gp = _grads(plain, x)
     gf = _grads(fast_m, x.contiguous(memory_format=torch.channels_last))
