@@ -155,3 +155,26 @@ def test_ddp_two_cpu_processes(scenes, tmp_path):
     ck = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
     assert ck["global_step"] == 2
     assert (tmp_path / "run" / "test_metrics.json").exists()
+
+
+def test_fast_lsknet_training_keeps_keys_and_loads_plain(scenes, tmp_path):
+    """model.fast trains through optimize_for_training; the checkpoint loads into a plain model."""
+    import timm
+
+    from rsvision.errors import ConfigError
+    from rsvision.models.fast import DepthwiseConv2d
+
+    cfg = _cfg(scenes, tmp_path / "run", epochs=1)
+    cfg.model.name, cfg.model.fast = "lsknet_t", True
+    res = train_classifier(cfg)
+    task = load_classifier(res["last"])
+    assert any(isinstance(m, DepthwiseConv2d) for m in task.model.modules())
+    plain = timm.create_model("lsknet_t", num_classes=3)
+    plain.load_state_dict(task.model.state_dict())  # same keys and shapes
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x), task.model.eval()(x), atol=1e-4)
+    cfg = _cfg(scenes, tmp_path / "run2", epochs=1)
+    cfg.model.fast = True  # TINY is not an LSKNet / HAKSNet
+    with pytest.raises(ConfigError, match="model.fast"):
+        train_classifier(cfg)
