@@ -101,7 +101,7 @@ def test_borders_match_where_bn_meets_zero_padding(golden, plain_fast):
         blk = plain.block1[0]
         u_in = torch.randn(1, blk.norm1.num_features, 12, 14)
         conv = blk.attn.spatial_mix.dw_conv3
-        s, t = fast._bn_affine(blk.norm1)
+        s, t = fast.inference._bn_affine(blk.norm1)
         with torch.no_grad():
             ref = conv(blk.norm1(u_in))
             w = conv.weight * s.float()[:, None, None, None]
@@ -151,9 +151,9 @@ def test_tiled_ffn_path(golden, plain_fast, monkeypatch):
     """Large inputs run the FFN in tiles (channel groups x row strips with a halo); force it on
     the golden inputs: 8-row strips cut the 25-row stage-1 map of input 1 (batch 2) into 4."""
     name, g, sd = golden
-    monkeypatch.setattr(fast, "_CHUNK_BYTES", 4096)
-    monkeypatch.setattr(fast, "_TILE_BYTES", 1)
-    monkeypatch.setattr(fast, "_TILE_CHANNELS", 48)  # uneven last group too
+    monkeypatch.setattr(fast.inference, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(fast.inference, "_TILE_BYTES", 1)
+    monkeypatch.setattr(fast.inference, "_TILE_CHANNELS", 48)  # uneven last group too
     with torch.inference_mode():
         for x, refs in zip(g["inputs"], g["outputs"]):
             _check(plain_fast[1].forward_intermediates(x, intermediates_only=True), refs, what="tiled")
@@ -162,7 +162,7 @@ def test_tiled_ffn_path(golden, plain_fast, monkeypatch):
 def test_plain_aten_path_matches(golden, plain_fast, monkeypatch):
     """The path used on CUDA / in export (no oneDNN fusion) gives the same function."""
     name, g, sd = golden
-    monkeypatch.setattr(fast, "_MKLDNN", False)
+    monkeypatch.setattr(fast.ops, "_MKLDNN", False)
     with torch.inference_mode():
         _check(plain_fast[1].forward_intermediates(g["inputs"][1], intermediates_only=True), g["outputs"][1])
 
@@ -239,8 +239,8 @@ def _grads(model, x):
 def test_training_path_gradients_and_bn(golden, recompute, monkeypatch):
     name, g, sd = golden
     plain = _model(name, sd, num_classes=0).train()
-    monkeypatch.setattr(fast, "_TRAIN_TILE_BYTES", 4096)  # several (batch, channel) tiles
-    monkeypatch.setattr(fast, "_TRAIN_TILE_CHANNELS", 48)
+    monkeypatch.setattr(fast.training, "_TRAIN_TILE_BYTES", 4096)  # several (batch, channel) tiles
+    monkeypatch.setattr(fast.training, "_TRAIN_TILE_CHANNELS", 48)
     fast_m = optimize_for_training(plain, recompute_ffn=recompute)
     assert any(isinstance(mod, (fast.TiledMlp, fast.TiledPartialConvMlp)) for mod in fast_m.modules()) == recompute
     assert fast_m is not plain and list(fast_m.state_dict()) == list(plain.state_dict())
