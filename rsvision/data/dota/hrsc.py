@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+
+from rsvision.ops.boxes import obb2poly
 
 from .dior import _parse
 from .labels import Annotation, _Reporter, _resolve_on_error
@@ -21,11 +24,7 @@ __all__ = ["read_hrsc_xml", "hrsc_box_to_poly"]
 
 def hrsc_box_to_poly(cx: float, cy: float, w: float, h: float, a: float) -> list[float]:
     """Corners of ``(cx, cy, w, h, a)``: centre + R(a) (-w/2,-h/2), (w/2,-h/2), (w/2,h/2), (-w/2,h/2)."""
-    c, s = math.cos(a), math.sin(a)
-    out = []
-    for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
-        out += [cx + c * dx - s * dy, cy + s * dx + c * dy]
-    return out
+    return obb2poly(torch.tensor([[cx, cy, w, h, a]], dtype=torch.float64))[0].tolist()
 
 
 def read_hrsc_xml(
@@ -41,7 +40,7 @@ def read_hrsc_xml(
     ann = Annotation(path=path)
     report = _Reporter(path, _resolve_on_error(on_error, strict), ann)
     known = set(classes) if classes is not None else None
-    polys, names, diffs = [], [], []
+    boxes, names, diffs = [], [], []
     for i, obj in enumerate(_parse(path).iter("HRSC_Object"), start=1):
         try:
             vals = [float(obj.findtext(k)) for k in ("mbox_cx", "mbox_cy", "mbox_w", "mbox_h", "mbox_ang")]
@@ -59,10 +58,10 @@ def read_hrsc_xml(
         if known is not None and name not in known:
             report(None, f"object {i}: unknown class {name!r}")
             continue
-        polys.append(hrsc_box_to_poly(*vals))
+        boxes.append(vals)
         names.append(name)
         diffs.append(diff)
-    ann.polys = np.array(polys, dtype=np.float64).reshape(-1, 8)
+    ann.polys = obb2poly(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 5)).numpy()
     ann.classes = names
     ann.difficult = np.array(diffs, dtype=np.int64)
     return ann
