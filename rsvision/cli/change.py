@@ -10,7 +10,8 @@ from rsvision.cli._common import (
     JsonOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt,
 )
 from rsvision.cli.segment import (
-    OverlapOpt, TtaOpt, WindowOpt, device_of, do_train, print_dense_metrics, print_outputs, progress_bar,
+    OverlapOpt, RgbOpt, TtaOpt, WindowOpt, device_of, do_train, parse_rgb, print_dense_metrics, print_outputs,
+    progress_bar,
 )
 
 app = typer.Typer(help="Change detection on image pairs: train, evaluate, predict (PNG overlay + GeoTIFF).",
@@ -52,19 +53,22 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
-            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None) -> None:
+            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None) -> None:
     """Change maps of pairs: INPUTS are A B [A B ...] files or folders with A/ and B/ (or a scene folder)."""
     from rsvision.tasks.change import pairs_from_inputs, predict_pair
     from rsvision.tasks.segmentation import load_task
 
+    bands = parse_rgb(rgb)
     task = load_task(checkpoint, device_of(device))
+    if bands is not None and max(bands) >= task.in_chans:
+        raise typer.BadParameter(f"the model reads {task.in_chans} bands, got {rgb!r}", param_hint="--rgb")
     out = out or Path("predictions")
     rows = []
     with progress_bar() as bar:
         for a, b, name in pairs_from_inputs(inputs):
             job = bar.add_task(name, total=None)
             res = predict_pair(task, a, b, out, name, tta, window, overlap,
-                               progress=lambda i, n, job=job: bar.update(job, completed=i, total=n))
+                               progress=lambda i, n, job=job: bar.update(job, completed=i, total=n), rgb=bands)
             rows.append((f"{a} | {b}", res))
     print_outputs(rows)
 

@@ -20,6 +20,21 @@ app = typer.Typer(help="Semantic segmentation: train, evaluate, predict (sliding
 TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Flip test-time augmentation (default: checkpoint's).")]
 WindowOpt = Annotated[Optional[int], typer.Option("--window", help="Sliding-window size (default: training crop).")]
 OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", help="Sliding-window overlap in pixels.")]
+RgbOpt = Annotated[Optional[str], typer.Option(
+    "--rgb", help="Input bands shown as red,green,blue in the overlay PNG, 1-based (e.g. 4,3,2); default 1,2,3.")]
+
+
+def parse_rgb(text: str | None) -> list[int] | None:
+    """``"4,3,2"`` -> ``[3, 2, 1]`` (0-based); a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        bands = [int(t) for t in text.replace(" ", "").split(",")]
+    except ValueError:
+        bands = []
+    if len(bands) != 3 or min(bands) < 1:
+        raise typer.BadParameter(f"expected three 1-based band numbers like 4,3,2, got {text!r}", param_hint="--rgb")
+    return [b - 1 for b in bands]
 MaskOpt = Annotated[Optional[str], typer.Option("--mask", help="Mask encoding preset for --data (default: checkpoint's).")]
 
 
@@ -102,11 +117,14 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
-            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None) -> None:
+            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None) -> None:
     """Segment images / rasters of any size: colour overlay PNG, and a GeoTIFF mask for georeferenced input."""
     from rsvision.tasks.segmentation import load_task, predict_file
 
+    bands = parse_rgb(rgb)
     task = load_task(checkpoint, device_of(device))
+    if bands is not None and max(bands) >= task.in_chans:
+        raise typer.BadParameter(f"the model reads {task.in_chans} bands, got {rgb!r}", param_hint="--rgb")
     files = expand_inputs(inputs)
     out = out or Path("predictions")
     rows: list[tuple[str, Any]] = []
@@ -114,7 +132,7 @@ def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = N
         for f in files:
             job = bar.add_task(f.name, total=None)
             res = predict_file(task, f, out, tta, window, overlap,
-                               progress=lambda i, n, job=job: bar.update(job, completed=i, total=n))
+                               progress=lambda i, n, job=job: bar.update(job, completed=i, total=n), rgb=bands)
             rows.append((str(f), res))
     print_outputs(rows)
 

@@ -320,10 +320,19 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5,
-            ignore_index: int = 255) -> np.ndarray:
-    """Blend a colourised mask over an image ``(C, H, W)`` (first 3 bands, contrast-stretched) -> RGB uint8."""
+            ignore_index: int = 255, rgb: Sequence[int] | None = None) -> np.ndarray:
+    """Blend a colourised mask over an image ``(C, H, W)`` (contrast-stretched) -> RGB uint8.
+
+    ``rgb``: 0-based band indices shown as red, green, blue (default the first three, or the first
+    band as grey): multispectral rasters rarely store red, green, blue as bands 1, 2, 3.
+    """
     img = np.asarray(image, np.float32)
-    if img.shape[0] < 3:
+    if rgb is not None:
+        rgb = [int(b) for b in rgb]
+        if len(rgb) != 3 or not all(0 <= b < img.shape[0] for b in rgb):
+            raise ValueError(f"rgb bands must be three indices in 0..{img.shape[0] - 1}, got {rgb}")
+        img = img[rgb]
+    elif img.shape[0] < 3:
         img = np.repeat(img[:1], 3, 0)
     img = img[:3]
     lo = np.percentile(img, 2, axis=(1, 2), keepdims=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -186,7 +186,8 @@ def pairs_from_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path, str]]:
 
 
 def predict_pair(task: ChangeTask, a: str | Path, b: str | Path, out: str | Path, name: str | None = None,
-                 tta: bool | None = None, size: int | None = None, overlap: int | None = None, progress=None) -> dict:
+                 tta: bool | None = None, size: int | None = None, overlap: int | None = None, progress=None,
+                 rgb: Sequence[int] | None = None) -> dict:
     """Change map of a co-registered pair of any size (read lazily): GeoTIFF (georeferenced), PNGs."""
     bands = task.hparams.get("bands")
     idx = [x + 1 for x in bands] if bands else None
@@ -199,6 +200,6 @@ def predict_pair(task: ChangeTask, a: str | Path, b: str | Path, out: str | Path
         strips = iter_blended_strips(task, source, size or ws, wo if overlap is None else overlap, 2,
                                      batch_size=int(s.get("batch_size", 4)), tta=bool(s.get("tta")) if tta is None else tta,
                                      device=task.device, progress=progress)
-        return write_prediction(task, strips, source, Path(out), name or Path(b).stem, _overview(source))
+        return write_prediction(task, strips, source, Path(out), name or Path(b).stem, _overview(source), rgb)
     finally:
         source.close()

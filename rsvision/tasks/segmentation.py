@@ -428,8 +428,11 @@ def _overview(source, max_side: int = 2048) -> np.ndarray:
     return np.asarray(src.array[..., ::scale, ::scale], np.float32)
 
 
-def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, image_for_overlay) -> dict:
-    """Consume ``(y0, probs)`` strips: GeoTIFF mask (georeferenced input), index PNG, colour overlay PNG."""
+def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, image_for_overlay,
+                     rgb: Sequence[int] | None = None) -> dict:
+    """Consume ``(y0, probs)`` strips: GeoTIFF mask (georeferenced input), index PNG, colour overlay PNG.
+
+    ``rgb``: 0-based input bands shown as red, green, blue in the overlay (default the first three)."""
     from PIL import Image
 
     from rsvision.data.tiling import Window
@@ -460,7 +463,7 @@ def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, imag
     ov = image_for_overlay
     scale = max(1, int(np.ceil(max(H, W) / 2048)))
     small = labels[::scale, ::scale]
-    Image.fromarray(overlay(ov, small, task.palette)).save(out / f"{stem}_overlay.png")
+    Image.fromarray(overlay(ov, small, task.palette, rgb=rgb)).save(out / f"{stem}_overlay.png")
     Image.fromarray(colorize(small, task.palette)).save(out / f"{stem}_color.png")
     files["overlay"] = str(out / f"{stem}_overlay.png")
     counts = np.bincount(labels[labels != 255].ravel(), minlength=len(task.classes))[: len(task.classes)]
@@ -469,7 +472,8 @@ def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, imag
 
 
 def predict_file(task: SegmentationTask, path: str | Path, out: str | Path, tta: bool | None = None,
-                 size: int | None = None, overlap: int | None = None, progress=None) -> dict:
+                 size: int | None = None, overlap: int | None = None, progress=None,
+                 rgb: Sequence[int] | None = None) -> dict:
     """Segment one image / raster of any size (read lazily) and write its outputs into ``out``."""
     path = Path(path)
     source = RasterSource(path, [b + 1 for b in task.hparams.bands] if task.hparams.get("bands") else None)
@@ -482,6 +486,6 @@ def predict_file(task: SegmentationTask, path: str | Path, out: str | Path, tta:
         strips = iter_blended_strips(task, source, size or ws, wo if overlap is None else overlap, len(task.classes),
                                      batch_size=int(s.get("batch_size", 4)), tta=bool(s.get("tta")) if tta is None else tta,
                                      device=task.device, progress=progress)
-        return write_prediction(task, strips, source, Path(out), path.stem, _overview(source))
+        return write_prediction(task, strips, source, Path(out), path.stem, _overview(source), rgb)
     finally:
         source.close()

@@ -229,3 +229,34 @@ def test_bad_checkpoints_raise_checkpoint_error(trained, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
     with pytest.raises(CheckpointError, match="hyper_parameters"):
         load_task(tmp_path / "plain.ckpt")
+
+
+def test_overlay_rgb_bands(trained, tmp_path):
+    """``overlay(rgb=...)`` picks display bands; ``--rgb`` reaches it and is validated against the model."""
+    from PIL import Image
+
+    from rsvision.cli import app
+    from rsvision.data.segmentation import overlay
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (5, 20, 30)).astype(np.float32)
+    mask = np.full((20, 30), 255, np.uint8)  # all ignored: the overlay is the stretched image itself
+    pal = [[255, 0, 0]]
+    assert np.array_equal(overlay(img, mask, pal, rgb=[4, 2, 0]), overlay(img[[4, 2, 0]], mask, pal))
+    assert not np.array_equal(overlay(img, mask, pal, rgb=[4, 2, 0]), overlay(img, mask, pal))
+    with pytest.raises(ValueError, match="rgb bands"):
+        overlay(img, mask, pal, rgb=[5, 1, 0])
+
+    d, _ = trained
+    src = tmp_path / "scene.png"
+    Image.fromarray(make_segmentation_sample((64, 64), 3, seed=3)[0].transpose(1, 2, 0)).save(src)
+    ck = str(d / "run" / "best.ckpt")
+    pngs = []
+    for i, arg in enumerate(([], ["--rgb", "3,2,1"])):
+        r = CliRunner().invoke(app, ["segment", "predict", "--checkpoint", ck, str(src), "--out", str(tmp_path / f"p{i}"), *arg])
+        assert r.exit_code == 0, r.output
+        pngs.append(np.asarray(Image.open(tmp_path / f"p{i}" / "scene_overlay.png")))
+    assert not np.array_equal(pngs[0], pngs[1])
+    for bad in ("4,3,2", "1,2"):
+        r = CliRunner().invoke(app, ["segment", "predict", "--checkpoint", ck, str(src), "--out", str(tmp_path / "x"), "--rgb", bad])
+        assert r.exit_code != 0 and "--rgb" in r.output
