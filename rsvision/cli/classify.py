@@ -62,6 +62,7 @@ def eval_(
     checkpoint: CheckpointOpt, data: EvalDataOpt = None, json_out: JsonOpt = None,
     split: SplitOpt = None, split_file: SplitFileOpt = None, batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips / 90-degree rotations.")] = False,
     cm: Annotated[Optional[Path], typer.Option("--cm", help="Confusion-matrix PNG (default: next to --json, "
                                                            "else next to the checkpoint).")] = None,
 ) -> None:
@@ -80,8 +81,8 @@ def eval_(
     ds = eval_dataset(task, data, split_file, split, skip_bad)
     acc, _ = parse_device(device or "cpu")
     dev = "cuda" if acc == "gpu" else "cpu"
-    metrics = evaluate(task, DataLoader(ds, batch_size=batch_size or 32), dev, progress=True)
-    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split)
+    metrics = evaluate(task, DataLoader(ds, batch_size=batch_size or 32), dev, progress=True, tta=tta)
+    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta)
     print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),
                   json_path=json_out)
     if not task.multilabel:

@@ -30,7 +30,7 @@ from rsvision.tasks.common import TrainerOptions, budget_progress
 
 __all__ = [
     "ModelConfig", "OptimConfig", "ClassifyConfig", "ClassificationTask", "mix_batch",
-    "classification_metrics", "multilabel_metrics", "evaluate", "load_classifier", "FORMAT_VERSION",
+    "classification_metrics", "multilabel_metrics", "evaluate", "dihedral_tta", "load_classifier", "FORMAT_VERSION",
 ]
 
 FORMAT_VERSION = 1
@@ -324,9 +324,27 @@ class ClassificationTask(L.LightningModule):
 
 
 @torch.inference_mode()
+def dihedral_tta(net: nn.Module, x: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """Mean class probabilities over the 8 flips / 90-degree rotations of ``x`` (B, C, H, W) -> (B, K).
+
+    Overhead scenes have no canonical orientation, so the average is the natural test-time
+    augmentation; it is invariant to any of the 8 transforms of the input (tested).
+    """
+    act = torch.sigmoid if multilabel else (lambda t: t.softmax(-1))
+    out = 0
+    for flip in (False, True):
+        xf = x.flip(-1) if flip else x
+        for k in range(4):
+            out = out + act(net(torch.rot90(xf, k, (-2, -1))).float())
+    return out / 8
+
+
 def evaluate(task: ClassificationTask, loader, device: str | torch.device = "cpu",
-             progress: bool = False) -> dict[str, Any]:
-    """Metrics JSON (CONVENTIONS) of ``task`` over a loader of ``{"image", "label"}`` batches."""
+             progress: bool = False, tta: bool = False) -> dict[str, Any]:
+    """Metrics JSON (CONVENTIONS) of ``task`` over a loader of ``{"image", "label"}`` batches.
+
+    ``tta``: average the probabilities over the 8 flips / 90-degree rotations (``dihedral_tta``).
+    """
     net = task.net().to(device).eval()
     k = len(task.classes)
     cm = torch.zeros(k, k, dtype=torch.long)
@@ -337,13 +355,19 @@ def evaluate(task: ClassificationTask, loader, device: str | torch.device = "cpu
 
         it = track(loader, description="evaluating", transient=True)
     for batch in it:
-        logits = net(task._fmt(batch["image"].to(device))).float().cpu()
+        x = task._fmt(batch["image"].to(device))
+        with torch.no_grad():
+            if tta:
+                p = dihedral_tta(lambda t: net(task._fmt(t)), x, task.multilabel).cpu()
+            else:
+                logits = net(x).float().cpu()
+                p = torch.sigmoid(logits) if task.multilabel else logits
         y = batch["label"]
         if task.multilabel:
-            probs.append(torch.sigmoid(logits))
+            probs.append(p)
             targets.append(y)
         else:
-            cm += torch.bincount(y * k + logits.argmax(-1), minlength=k * k).view(k, k)
+            cm += torch.bincount(y * k + p.argmax(-1), minlength=k * k).view(k, k)
     if task.multilabel:
         return multilabel_metrics(torch.cat(probs), torch.cat(targets), task.classes)
     return classification_metrics(cm.numpy(), task.classes)

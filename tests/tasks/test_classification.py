@@ -178,3 +178,24 @@ def test_fast_lsknet_training_keeps_keys_and_loads_plain(scenes, tmp_path):
     cfg.model.fast = True  # TINY is not an LSKNet / HAKSNet
     with pytest.raises(ConfigError, match="model.fast"):
         train_classifier(cfg)
+
+
+def test_dihedral_tta_is_orientation_invariant(scenes, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from rsvision.tasks.classification import dihedral_tta, eval_dataset, evaluate
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        p = dihedral_tta(net, x)
+        assert torch.allclose(p.sum(-1), torch.ones(2), atol=1e-6)
+        assert not torch.allclose(net(x).softmax(-1), net(torch.rot90(x, 1, (-2, -1))).softmax(-1), atol=1e-3)
+        for t in (torch.rot90(x, 1, (-2, -1)), torch.rot90(x, 3, (-2, -1)), x.flip(-2), x.transpose(-1, -2)):
+            assert torch.allclose(dihedral_tta(net, t), p, atol=1e-5)
+    res = train_classifier(_cfg(scenes, tmp_path / "run", epochs=1))
+    task = load_classifier(res["best"])
+    ds = eval_dataset(task, str(scenes), Path(res["best"]).parent / "splits.csv", "test", False)
+    m = evaluate(task, DataLoader(ds, batch_size=4), tta=True)
+    assert 0 <= m["overall_accuracy"] <= 1 and m["num_samples"] == len(ds) == sum(map(sum, m["confusion_matrix"]))
