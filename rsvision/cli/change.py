@@ -58,10 +58,8 @@ def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = N
     from rsvision.tasks.change import pairs_from_inputs, predict_pair
     from rsvision.tasks.segmentation import load_task
 
-    bands = parse_rgb(rgb)
     task = load_task(checkpoint, device_of(device))
-    if bands is not None and max(bands) >= task.in_chans:
-        raise typer.BadParameter(f"the model reads {task.in_chans} bands, got {rgb!r}", param_hint="--rgb")
+    bands = parse_rgb(rgb, task.in_chans)
     out = out or Path("predictions")
     rows = []
     with progress_bar() as bar:

@@ -24,8 +24,8 @@ RgbOpt = Annotated[Optional[str], typer.Option(
     "--rgb", help="Input bands shown as red,green,blue in the overlay PNG, 1-based (e.g. 4,3,2); default 1,2,3.")]
 
 
-def parse_rgb(text: str | None) -> list[int] | None:
-    """``"4,3,2"`` -> ``[3, 2, 1]`` (0-based); a clear error for anything else."""
+def parse_rgb(text: str | None, in_chans: int) -> list[int] | None:
+    """``"4,3,2"`` -> ``[3, 2, 1]`` (0-based), checked against the model's band count; a clear error otherwise."""
     if text is None:
         return None
     try:
@@ -34,6 +34,8 @@ def parse_rgb(text: str | None) -> list[int] | None:
         bands = []
     if len(bands) != 3 or min(bands) < 1:
         raise typer.BadParameter(f"expected three 1-based band numbers like 4,3,2, got {text!r}", param_hint="--rgb")
+    if max(bands) > in_chans:
+        raise typer.BadParameter(f"the model reads {in_chans} bands, got {text!r}", param_hint="--rgb")
     return [b - 1 for b in bands]
 MaskOpt = Annotated[Optional[str], typer.Option("--mask", help="Mask encoding preset for --data (default: checkpoint's).")]
 
@@ -121,10 +123,8 @@ def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = N
     """Segment images / rasters of any size: colour overlay PNG, and a GeoTIFF mask for georeferenced input."""
     from rsvision.tasks.segmentation import load_task, predict_file
 
-    bands = parse_rgb(rgb)
     task = load_task(checkpoint, device_of(device))
-    if bands is not None and max(bands) >= task.in_chans:
-        raise typer.BadParameter(f"the model reads {task.in_chans} bands, got {rgb!r}", param_hint="--rgb")
+    bands = parse_rgb(rgb, task.in_chans)
     files = expand_inputs(inputs)
     out = out or Path("predictions")
     rows: list[tuple[str, Any]] = []
