@@ -2,6 +2,7 @@
 
     python benchmarks/bench_backbones.py                       # all four models, 2 threads
     python benchmarks/bench_backbones.py --models lsknet_t --repeats 5 --profile
+    python benchmarks/bench_backbones.py --device cuda --repeats 20    # GPU: fp32, TF32 off
 
 For each model: forward of 1x3x1024x1024 in eval (plain NCHW vs ``optimize_for_inference``) and
 a train step on 8x3x256x256 (forward + backward + SGD step; plain NCHW vs
@@ -12,6 +13,8 @@ average at start and end is printed. Wall time is the goal metric; the process C
 shown too (it moves less with other users' load). The floor is FLOPs / (FLOP per CPU second of
 a 2048x2048 fp32 matmul measured in the same run); train counts 3x forward FLOPs (forward,
 input and weight grads); "fast/floor" is the fast path's CPU seconds over that floor.
+On CUDA the timings synchronise the device, TF32 is off (fp32 as on the CPU), the CPU-time
+columns are meaningless and the floor is the GPU's fp32 2048^2 matmul rate, in wall seconds.
 """
 from __future__ import annotations
 
@@ -24,17 +27,24 @@ import time
 import torch
 
 
-def _matmul_gflops(repeats: int = 5) -> tuple[float, float]:
+_SYNC = lambda: None  # noqa: E731  (torch.cuda.synchronize on CUDA)
+
+
+def _matmul_gflops(repeats: int = 5, device: str = "cpu") -> tuple[float, float]:
     """GFLOP/s of a 2048x2048 fp32 matmul: per wall second (best run), per CPU second (median)."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
     a @ b
     w, c = zip(*(_timed(lambda: a @ b) for _ in range(repeats)))
+    if device != "cpu":  # CPU seconds mean nothing for a GPU: use wall time for both
+        c = w
     return 2 * 2048**3 / min(w) / 1e9, 2 * 2048**3 / statistics.median(c) / 1e9
 
 
 def _timed(fn) -> tuple[float, float]:
+    _SYNC()
     w, c = time.perf_counter(), time.process_time()
     fn()
+    _SYNC()
     return time.perf_counter() - w, time.process_time() - c
 
 
@@ -71,20 +81,28 @@ def bench_model(name: str, args) -> dict:
     from rsvision.models.complexity import count_macs
     from rsvision.models.fast import optimize_for_inference, optimize_for_training
 
+    dev = args.device
     torch.manual_seed(0)
     plain = timm.create_model(name, num_classes=0).eval()
-    fast = optimize_for_inference(plain)
-    x = torch.randn(1, 3, args.size, args.size)
     out = {"model": name, "gmac_fwd": count_macs(plain, args.size) / 1e9}
+    plain = plain.to(dev)
+    fast = optimize_for_inference(plain)
+    x = torch.randn(1, 3, args.size, args.size, device=dev)
+    fns = {"plain": lambda: plain.forward_features(x), "fast": lambda: fast.forward_features(x)}
     with torch.inference_mode():
         diff = (plain.forward_features(x) - fast.forward_features(x)).abs().max().item()
-        r = _interleaved({"plain": lambda: plain.forward_features(x), "fast": lambda: fast.forward_features(x)}, args.repeats)
+        if args.compile:
+            comp = optimize_for_inference(plain, compile=True)
+            comp.forward_features(x)  # compiles (not timed)
+            out["compile_diff"] = (plain.forward_features(x) - comp.forward_features(x)).abs().max().item()
+            fns["compiled"] = lambda: comp.forward_features(x)
+        r = _interleaved(fns, args.repeats)
     out.update(fwd=r, fwd_diff=diff)
-    del fast, x
+    del fast, x, fns
     torch.manual_seed(0)
-    plain_t = timm.create_model(name, num_classes=0).train()
+    plain_t = timm.create_model(name, num_classes=0).train().to(dev)
     fast_t = optimize_for_training(plain_t)
-    xt = torch.randn(args.batch, 3, args.train_size, args.train_size)
+    xt = torch.randn(args.batch, 3, args.train_size, args.train_size, device=dev)
     xt_cl = xt.contiguous(memory_format=torch.channels_last)
     opt_p = torch.optim.SGD(plain_t.parameters(), lr=1e-6)
     opt_f = torch.optim.SGD(fast_t.parameters(), lr=1e-6)
@@ -129,6 +147,8 @@ def main(argv=None) -> None:
         help="torch threads (default 1: on a shared machine, 2-thread runs mostly measure OpenMP barriers "
         "waiting for a descheduled thread)",
     )
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
+    ap.add_argument("--compile", action="store_true", help="also time optimize_for_inference(compile=True) (forward)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of the fast paths of the first model")
     args = ap.parse_args(argv)
 
@@ -136,11 +156,16 @@ def main(argv=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    global _SYNC
     torch.set_num_threads(args.threads)
+    if torch.device(args.device).type == "cuda":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+        _SYNC = torch.cuda.synchronize
     load0 = os.getloadavg()
-    gf0 = _matmul_gflops()
+    gf0 = _matmul_gflops(device=args.device)
     rows = [bench_model(n, args) for n in args.models]
-    gf1 = _matmul_gflops()
+    gf1 = _matmul_gflops(device=args.device)
     load1 = os.getloadavg()
     gf = max(gf0[0], gf1[0])  # wall GFLOP/s
     gfc = max(gf0[1], gf1[1])  # per CPU second
@@ -148,7 +173,7 @@ def main(argv=None) -> None:
     t = Table(
         title=(
             f"plain vs fast: forward 1x3x{args.size}^2 eval, train step {args.batch}x3x{args.train_size}^2; "
-            f"{args.threads} threads, median of {args.repeats} interleaved runs"
+            f"{args.device}, {args.threads} threads, median of {args.repeats} interleaved runs"
         )
     )
     for c in ("model", "fwd plain s", "fwd fast s", "fwd x", "fwd CPU x", "fwd floor s", "fast/floor",
@@ -167,6 +192,13 @@ def main(argv=None) -> None:
         )
     c = Console(width=220)
     c.print(t)
+    for r in rows:
+        if "compiled" in r["fwd"]:
+            pw, cw = r["fwd"]["plain"][0], r["fwd"]["compiled"][0]
+            c.print(f"{r['model']}: optimize_for_inference(compile=True) forward {cw:.4f} s = {pw / cw:.2f}x plain "
+                    f"(max|diff| {r['compile_diff']:.1e})")
+    if args.device != "cpu":
+        c.print(f"device: {torch.cuda.get_device_name(args.device)}")
     c.print(
         f"matmul 2048^2 fp32: {gf0[0]:.0f} / {gf1[0]:.0f} GFLOP/s per wall s, {gf0[1]:.0f} / {gf1[1]:.0f} per CPU s "
         f"(start / end); floor = FLOPs at {gfc:.0f} GFLOP per CPU s, fast/floor = fast CPU s / floor; "
