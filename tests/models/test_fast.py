@@ -271,14 +271,7 @@ def test_training_path_gradients_and_bn(golden, recompute, monkeypatch):
     assert same is plain and all(a is b for a, b in zip(params, same.parameters()))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-def test_cuda_matches():
-    g, sd = _golden("lsknet_t")
-    m = _model("lsknet_t", sd, num_classes=0).cuda()
-    f = optimize_for_inference(m)
-    with torch.inference_mode():
-        x = g["inputs"][1].cuda()
-        _check(f.forward_intermediates(x, intermediates_only=True), [o.cuda() for o in g["outputs"][1]], tol=2e-4)
+# CUDA equivalence (TF32 off, every golden input, features_only, training grads): tests/test_cuda.py
 
 
 def test_rejects_other_models():

@@ -21,13 +21,25 @@ def _time(fn, repeats: int) -> list[float]:
     return out
 
 
+def _fp32_diff(plain, fast, x) -> float:
+    """max |plain - fast| with TF32 off (no-op on the CPU)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return (plain.forward_features(x) - fast.forward_features(x)).abs().max().item()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def benchmark_table(
     names: Sequence[str], size: int = 1024, device: str = "cpu", in_chans: int = 3, repeats: int = 3, batch: int = 1
 ):
     """rich Table of forward images/s, plain vs ``optimize_for_inference``, eval, random weights.
 
     Plain and fast runs alternate (median of ``repeats``) so that a shared machine's load hits
-    both alike.
+    both alike. On CUDA the timings use torch's default TF32 setting (cuDNN convolutions in TF32,
+    what a user gets), while ``max |diff|`` is measured in true fp32 (TF32 off): TF32 alone moves
+    outputs by ~1e-3 and would hide a real difference between the two paths.
     """
     import timm
     from rich.table import Table
@@ -42,8 +54,8 @@ def benchmark_table(
         plain = timm.create_model(name, num_classes=0, in_chans=in_chans).to(dev).eval()
         fast = optimize_for_inference(plain)
         with torch.inference_mode():
-            yp, yf = plain.forward_features(x), fast.forward_features(x)  # warm-up + check
-            diff = (yp - yf).abs().max().item()
+            diff = _fp32_diff(plain, fast, x)
+            plain.forward_features(x), fast.forward_features(x)  # warm-up in the timed setting
             tp, tf = [], []
             for _ in range(repeats):
                 tp += _time(lambda: (plain.forward_features(x), sync()), 1)
