@@ -207,6 +207,24 @@ def test_depthwise_grads_equal_conv2d(dilation, k, pad, hw, channels_last):
             assert torch.allclose(r, o, atol=1e-4, rtol=1e-5)
 
 
+def test_inplace_backward_gelu_grads_and_reuse_guard():
+    torch.manual_seed(0)
+    h0, gy = torch.randn(2, 5, 7, 3, dtype=torch.float64), torch.randn(2, 5, 7, 3, dtype=torch.float64)
+    grads = []
+    for act in (nn.GELU(), fast.InplaceBackwardGELU()):
+        x = h0.clone().requires_grad_()
+        h = x * 1.5  # a non-leaf pre-activation, as after a conv
+        act(h).backward(gy)
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+    # its buffer now holds the gradient: a second backward through the graph must fail, not lie
+    x = h0.clone().requires_grad_()
+    y = fast.InplaceBackwardGELU()(x * 1.5)
+    y.backward(gy, retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(gy)
+
+
 def test_onnx_export_matches_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     name = "lsknet_t"
@@ -247,6 +265,7 @@ def test_training_path_gradients_and_bn(golden, recompute, monkeypatch):
     if name.startswith("lsknet"):
         assert any(isinstance(mod, PhaseDilatedConv2d) for mod in fast_m.modules())
     assert any(isinstance(mod, fast.DepthwiseConv2d) for mod in fast_m.modules())
+    assert any(isinstance(mod, fast.InplaceBackwardGELU) for mod in fast_m.modules())
     x = g["inputs"][1]  # 2 x 100 x 130: stage widths not multiples of 3 (phase padding path)
     gp = _grads(plain, x)
     gf = _grads(fast_m, x.contiguous(memory_format=torch.channels_last))

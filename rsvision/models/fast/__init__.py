@@ -27,13 +27,14 @@ Inference (``optimize_for_inference``), in eval semantics:
 
 Training (``optimize_for_training``): BatchNorm must keep batch statistics, so nothing is
 folded; the module keeps its parameters and state-dict keys and only gets channels-last
-memory, the phase form of the dilated conv and 1x1 convs as GEMMs over channels-last pixels,
-which autograd differentiates as usual.
+memory, the phase form of the dilated conv, 1x1 convs as GEMMs over channels-last pixels,
+depthwise convs without oneDNN's costly bias gradient, and GELUs whose backward reuses the
+pre-activation's buffer (one fresh activation-sized tensor less each).
 """
 from rsvision.models.fast.bench import benchmark_table
 from rsvision.models.fast.inference import FastHAKSBlock, FastLSKBlock, FastPatchEmbed, optimize_for_inference
 from rsvision.models.fast.ops import (
-    DepthwiseConv2d, PhaseDilatedConv2d, PointwiseConv2d, depthwise_conv, dilated_depthwise_conv,
+    DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, depthwise_conv, dilated_depthwise_conv,
 )
 from rsvision.models.fast.training import TiledMlp, TiledPartialConvMlp, optimize_for_training
 
@@ -45,6 +46,7 @@ __all__ = [
     "DepthwiseConv2d",
     "PhaseDilatedConv2d",
     "PointwiseConv2d",
+    "InplaceBackwardGELU",
     "TiledMlp",
     "TiledPartialConvMlp",
     "FastPatchEmbed",

