@@ -12,7 +12,7 @@ from rsvision.models.backbones.lsknet import LSKAttention, Mlp
 from rsvision.models.fast.inference import _backbones
 from rsvision.models.fast.ops import _CL, DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, _tracing
 
-__all__ = ["optimize_for_training", "TiledMlp", "TiledPartialConvMlp"]
+__all__ = ["optimize_for_training", "TiledMlp", "TiledPartialConvMlp", "SplitPartialConvMlp"]
 
 # FFN tiles of the recompute path (``recompute_ffn=True``)
 _TRAIN_TILE_BYTES = 2 << 20
@@ -117,6 +117,25 @@ class TiledPartialConvMlp(PartialConvMlp):
         return _TiledFFN.apply(z, l1.weight, l1.bias, dw.weight, dw.bias, l2.weight, l2.bias, True)
 
 
+class SplitPartialConvMlp(PartialConvMlp):
+    """HAKSNet ``PartialConvMlp`` (same parameters and keys) with ``linear1`` as two GEMMs on CPU.
+
+    ``linear1(x).chunk(2)`` gives two channel slices with the full stride: every consumer
+    (depthwise conv, product, their backward) copies them. Two GEMMs on the halves of the weight
+    give contiguous channels-last halves (autograd assembles the weight gradient).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _tiled_ok(x):
+            return super().forward(x)
+        x1, x2 = torch.split(x, [self.dim_conv, x.shape[1] - self.dim_conv], dim=1)
+        zh = torch.cat([self.partial_conv3(x1), x2], dim=1).contiguous(memory_format=_CL).permute(0, 2, 3, 1)
+        w, b, n = self.linear1.weight.flatten(1), self.linear1.bias, self.dwconv.weight.shape[0]
+        h1 = F.linear(zh, w[:n], b[:n]).permute(0, 3, 1, 2)
+        h2 = F.linear(zh, w[n:], b[n:]).permute(0, 3, 1, 2)
+        return self.linear2(self.dwconv(h1) * h2)
+
+
 def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn: bool = False) -> nn.Module:
     """The same trainable model (same parameters and state-dict keys), faster on CPU.
 
@@ -124,7 +143,8 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
     channels-last memory format, LSKNet's dilated depthwise conv runs as a
     ``PhaseDilatedConv2d``, the blocks' 1x1 convs as ``PointwiseConv2d`` (GEMMs) and their
     depthwise convs as ``DepthwiseConv2d`` (cheaper backward), their GELUs as
-    ``InplaceBackwardGELU`` (backward into the input's buffer).
+    ``InplaceBackwardGELU`` (backward into the input's buffer) and HAKSNet's ``linear1`` as two
+    GEMMs (``SplitPartialConvMlp``: contiguous halves instead of strided ``chunk`` slices).
     ``recompute_ffn`` also runs the FFNs as ``TiledMlp`` / ``TiledPartialConvMlp``: cache-sized
     tiles whose 8x-wide hidden activations are recomputed in backward instead of stored. That
     saves most of the activation memory but measured ~15% slower per step on a 2-core CPU. Feed channels-last inputs (``x.contiguous(memory_format=
@@ -152,9 +172,9 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
                     m.__class__ = DepthwiseConv2d
                 elif type(m) is nn.GELU:
                     m.__class__ = InplaceBackwardGELU
-            for m in blocks.modules() if recompute_ffn else ():
-                if type(m) is Mlp:
+            for m in blocks.modules():
+                if recompute_ffn and type(m) is Mlp:
                     m.__class__ = TiledMlp
                 elif type(m) is PartialConvMlp:
-                    m.__class__ = TiledPartialConvMlp
+                    m.__class__ = TiledPartialConvMlp if recompute_ffn else SplitPartialConvMlp
     return new.to(memory_format=_CL)
