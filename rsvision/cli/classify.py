@@ -63,6 +63,8 @@ def eval_(
     split: SplitOpt = None, split_file: SplitFileOpt = None, batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips / 90-degree rotations.")] = False,
+    eval_size: Annotated[Optional[int], typer.Option(
+        "--eval-size", help="Resize each whole image to N px (overrides the checkpoint's eval policy).")] = None,
     cm: Annotated[Optional[Path], typer.Option("--cm", help="Confusion-matrix PNG (default: next to --json, "
                                                            "else next to the checkpoint).")] = None,
 ) -> None:
@@ -78,11 +80,11 @@ def eval_(
     task = load_classifier(checkpoint)
     if split is not None and split_file is None:
         split_file = checkpoint.parent / "splits.csv"
-    ds = eval_dataset(task, data, split_file, split, skip_bad)
+    ds = eval_dataset(task, data, split_file, split, skip_bad, eval_size)
     acc, _ = parse_device(device or "cpu")
     dev = "cuda" if acc == "gpu" else "cpu"
     metrics = evaluate(task, DataLoader(ds, batch_size=batch_size or 32), dev, progress=True, tta=tta)
-    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta)
+    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta, eval_size=eval_size)
     print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),
                   json_path=json_out)
     if not task.multilabel:

@@ -64,6 +64,7 @@ class ClassificationDataConfig:
     img_size: int = 224
     resize: int | None = None  # whole image resized to this first (None: img_size), see ResizePolicy
     scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])  # random-resized-crop area
+    eval_size: int | None = None  # val/test/predict: whole image resized to this (None: centre crop img_size)
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
@@ -77,7 +78,8 @@ class ClassificationDataConfig:
     skip_bad: bool = False
 
     def policy(self) -> ResizePolicy:
-        return ResizePolicy(self.img_size, self.resize, tuple(self.scale) if self.scale else None)
+        return ResizePolicy(self.img_size, self.resize, tuple(self.scale) if self.scale else None,
+                            eval_size=self.eval_size)
 
 
 # --- indexing ---------------------------------------------------------------------------------------

@@ -27,7 +27,10 @@ class ResizePolicy:
     * ``resize``: first resize the whole image to ``resize`` x ``resize`` (None: to ``img_size``),
       anti-aliased, ignoring aspect ratio (scene tiles are square). This is done once when the
       dataset is cached, so it is also what makes CPU training affordable.
-    * eval: centre crop ``img_size`` from that (no crop when ``resize == img_size``).
+    * eval: centre crop ``img_size`` from that (no crop when ``resize == img_size``), or, when
+      ``eval_size`` is given, the whole image resized to ``eval_size``. Training on crops of a
+      larger base image and testing on the whole scene ("FixRes": crops make objects look larger
+      than the whole view does, so the best test size is usually above ``img_size``).
     * train: random resized crop with area ``scale`` and aspect ``ratio``, output ``img_size``
       (``scale=None``: random crop of ``img_size`` without rescaling).
     """
@@ -36,6 +39,7 @@ class ResizePolicy:
     resize: int | None = None
     scale: tuple[float, float] | None = (0.5, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    eval_size: int | None = None
 
     @property
     def base_size(self) -> int:
@@ -98,7 +102,7 @@ class SceneTransform:
         p = self.policy
         img = resize(img, p.base_size)
         if not self.train:
-            return center_crop(img, p.img_size)
+            return resize(img, p.eval_size) if p.eval_size else center_crop(img, p.img_size)
         if p.scale is not None:
             img = random_resized_crop(img, p.img_size, p.scale, p.ratio)
         else:

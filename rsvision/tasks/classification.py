@@ -1,8 +1,8 @@
 """Scene classification as a Lightning task: any timm or rsvision backbone, single- or multi-label.
 
 The checkpoint's ``hyper_parameters`` are everything ``predict`` needs (CONVENTIONS): model name and
-config, class names, band indices and count, per-band mean/std (pixel units), image size and resize
-policy. :func:`load_classifier` rebuilds the model from them alone (``weights_only=True``).
+config, class names, band indices and count, per-band mean/std (pixel units), image size, resize
+policy and eval size. :func:`load_classifier` rebuilds the model from them alone (``weights_only=True``).
 
 Training: AdamW (no weight decay on norms / biases), linear warmup then cosine per step, label
 smoothing, optional mixup / cutmix (on soft targets, so also multi-label) and an EMA of the weights
@@ -165,13 +165,14 @@ class ClassificationTask(L.LightningModule):
     """LightningModule over ``timm.create_model(model["name"], num_classes=, in_chans=)``.
 
     All arguments are plain types and stored as ``hyper_parameters``; ``data`` keeps the resize
-    policy (``img_size``, ``resize``) and band selection that ``predict`` applies.
+    policy (``img_size``, ``resize``, ``eval_size``) and band selection that ``predict`` applies.
     """
 
     def __init__(self, model: dict[str, Any], classes: Sequence[str], in_chans: int, mean: Sequence[float],
                  std: Sequence[float], img_size: int, resize: int | None = None,
                  bands: Sequence[int] | None = None, multilabel: bool = False,
-                 optim: dict[str, Any] | None = None, task: str = "classify", format_version: int = FORMAT_VERSION):
+                 optim: dict[str, Any] | None = None, task: str = "classify", format_version: int = FORMAT_VERSION,
+                 eval_size: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.classes = list(classes)
@@ -394,20 +395,22 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 # --- library entry points used by the CLI, the demo and tests --------------------------------------
-def _eval_dataset(task: ClassificationTask, samples, skip_bad: bool = False):
+def _eval_dataset(task: ClassificationTask, samples, skip_bad: bool = False, eval_size: int | None = None):
     from rsvision.data.classification import SceneDataset
     from rsvision.data.transforms import ResizePolicy, SceneTransform
 
     hp = task.hparams
-    tf = SceneTransform(ResizePolicy(hp.img_size, hp.resize), train=False)
+    size = eval_size or hp.get("eval_size")  # checkpoints from before eval_size have none
+    tf = SceneTransform(ResizePolicy(hp.img_size, hp.resize, eval_size=size), train=False)
     return SceneDataset(samples, len(task.classes), tf, hp.mean, hp.std, hp.bands, task.multilabel, skip_bad,
                         in_chans=hp.in_chans)
 
 
 def eval_dataset(task: ClassificationTask, data: str | Path, split_file: str | Path | None = None,
-                 split: str | None = None, skip_bad: bool = False):
+                 split: str | None = None, skip_bad: bool = False, eval_size: int | None = None):
     """Dataset of ``data`` (class folders, or a multi-label CSV) with the checkpoint's classes,
-    bands, normalisation and resize policy; optionally only ``split`` of ``split_file``."""
+    bands, normalisation and resize policy; optionally only ``split`` of ``split_file``.
+    ``eval_size`` overrides the checkpoint's (whole image resized to it), e.g. to pick it on val."""
     from rsvision.data.classification import (Sample, _rel, read_multilabel_csv, read_split_file,
                                               scan_class_folders)
     from rsvision.errors import DataError
@@ -431,7 +434,7 @@ def eval_dataset(task: ClassificationTask, data: str | Path, split_file: str | P
         samples = [s for s in samples if table.get(_rel(s.path, root)) == split]
         if not samples:
             raise DataError(f"no images of split {split!r} under {data}", path=split_file)
-    ds = _eval_dataset(task, samples, skip_bad)
+    ds = _eval_dataset(task, samples, skip_bad, eval_size)
     return ds.cache() if skip_bad else ds  # decode up front: bad files dropped, not substituted
 
 
@@ -504,7 +507,7 @@ def train_classifier(cfg: ClassifyConfig, **trainer_overrides: Any) -> dict[str,
     write_config(out, cfg)
     task = ClassificationTask(model=asdict(cfg.model), classes=dm.classes, in_chans=dm.in_chans, mean=dm.mean,
                               std=dm.std, img_size=d.img_size, resize=d.resize, bands=d.bands,
-                              multilabel=d.multilabel, optim=asdict(cfg.optim))
+                              multilabel=d.multilabel, optim=asdict(cfg.optim), eval_size=d.eval_size)
     resuming = t.resume and (out / LAST).exists()
     if cfg.model.pretrained and not resuming:
         from lightning.pytorch.utilities import rank_zero_info

@@ -16,7 +16,7 @@ from rsvision.data.classification import (
 )
 from rsvision.data.raster import compute_band_stats, normalize, read_image, read_info
 from rsvision.data.synthetic.scenes import make_multilabel_dataset, make_scene_dataset, scene_image, write_image
-from rsvision.data.transforms import ResizePolicy, SceneTransform, center_crop, random_resized_crop
+from rsvision.data.transforms import ResizePolicy, SceneTransform, center_crop, random_resized_crop, resize
 from rsvision.errors import BandMismatchError, DataError
 
 
@@ -196,4 +196,8 @@ def test_transforms_shapes_and_invariances():
     assert all(torch.equal(o.flatten().sort().values, small.flatten().sort().values) for o in outs)
     assert any(not torch.equal(o, small) for o in outs)
     assert random_resized_crop(img, 24).shape == (2, 24, 24)
+    # eval_size: the whole (base-size) image resized, not a centre crop of it
+    whole = SceneTransform(ResizePolicy(32, resize=36, eval_size=48), train=False)(img)
+    assert whole.shape == (2, 48, 48) and torch.equal(whole, resize(resize(img, 36), 48))
+    assert not torch.equal(resize(a, 48), whole)
     assert center_crop(torch.zeros(1, 10, 10), 16).shape == (1, 16, 16)

@@ -189,6 +189,20 @@ def test_fast_lsknet_training_keeps_keys_and_loads_plain(scenes, tmp_path):
         train_classifier(cfg)
 
 
+def test_eval_size_is_stored_and_overridable(scenes, tmp_path):
+    """Train on 24 px crops of 32 px images, evaluate whole images at 40 px (FixRes-style)."""
+    from rsvision.tasks.classification import eval_dataset
+
+    res = train_classifier(_cfg(scenes, tmp_path / "run", epochs=1, resize=32, eval_size=40))
+    assert torch.load(res["best"], weights_only=True)["hyper_parameters"]["eval_size"] == 40
+    task = load_classifier(res["best"])
+    split = Path(res["best"]).parent / "splits.csv"
+    assert eval_dataset(task, str(scenes), split, "test")[0]["image"].shape == (3, 40, 40)
+    assert eval_dataset(task, str(scenes), split, "test", eval_size=28)[0]["image"].shape == (3, 28, 28)
+    task.hparams.pop("eval_size")  # a checkpoint from before eval_size: centre crop of img_size
+    assert eval_dataset(task, str(scenes), split, "test")[0]["image"].shape == (3, 24, 24)
+
+
 def test_dihedral_tta_is_orientation_invariant(scenes, tmp_path):
     from torch.utils.data import DataLoader
 
