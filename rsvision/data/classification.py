@@ -68,6 +68,7 @@ class ClassificationDataConfig:
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
+    jitter: float = 0.0  # train: per-band gain / offset jitter (normalised units), see SceneTransform
     bands: list[int] | None = None  # 0-based band indices to read (None: all)
     mean: list[float] | None = None  # per band, in pixel units (None: computed on the train split)
     std: list[float] | None = None
@@ -383,7 +384,8 @@ class ClassificationDataModule(L.LightningDataModule):
         for name, items in self.splits.items():
             if not items:
                 continue
-            tf = SceneTransform(policy, train=name == "train", hflip=c.hflip, vflip=c.vflip, rot90=c.rot90)
+            tf = SceneTransform(policy, train=name == "train", hflip=c.hflip, vflip=c.vflip, rot90=c.rot90,
+                                jitter=c.jitter)
             ds = SceneDataset(items, len(self.classes), tf, None, None, c.bands, c.multilabel, c.skip_bad,
                               in_chans=self.in_chans or (len(self.mean) if self.mean else None))
             if c.cache:

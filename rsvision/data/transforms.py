@@ -90,13 +90,15 @@ def random_resized_crop(img: torch.Tensor, size: int, scale: tuple[float, float]
 class SceneTransform:
     """Train or eval transform of a normalised ``(C, H, W)`` float tensor (see :class:`ResizePolicy`).
 
-    Train: random resized crop, horizontal / vertical flips, 90-degree rotations (each optional).
+    Train: random resized crop, horizontal / vertical flips, 90-degree rotations (each optional),
+    and with ``jitter`` > 0 a per-band gain ``1 + U(-j, j)`` and offset ``U(-j, j)`` (in std units of
+    the normalised image): illumination, season and sensor gain differ between scenes of one class.
     """
 
     def __init__(self, policy: ResizePolicy, train: bool, hflip: bool = True, vflip: bool = True,
-                 rot90: bool = True):
+                 rot90: bool = True, jitter: float = 0.0):
         self.policy, self.train = policy, train
-        self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
+        self.hflip, self.vflip, self.rot90, self.jitter = hflip, vflip, rot90, float(jitter)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         p = self.policy
@@ -120,6 +122,9 @@ class SceneTransform:
             k = int(torch.randint(0, 4, (1,)))
             if k and img.shape[-1] == img.shape[-2]:
                 img = torch.rot90(img, k, (-2, -1))
+        if self.jitter > 0:
+            gain, offset = (torch.empty(2, img.shape[0], 1, 1).uniform_(-self.jitter, self.jitter)).unbind(0)
+            img = img * (1 + gain) + offset
         return img.contiguous()
 
     def __repr__(self) -> str:

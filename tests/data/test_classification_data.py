@@ -200,4 +200,14 @@ def test_transforms_shapes_and_invariances():
     whole = SceneTransform(ResizePolicy(32, resize=36, eval_size=48), train=False)(img)
     assert whole.shape == (2, 48, 48) and torch.equal(whole, resize(resize(img, 36), 48))
     assert not torch.equal(resize(a, 48), whole)
+    # jitter: a per-band affine change, bounded by j (eval never jitters)
+    jit = SceneTransform(ResizePolicy(32, scale=None), train=True, hflip=False, vflip=False, rot90=False, jitter=0.2)
+    x = torch.randn(3, 32, 32)
+    y = jit(x)
+    for b in range(3):
+        g, o = torch.linalg.lstsq(torch.stack([x[b].flatten(), torch.ones(32 * 32)], 1), y[b].flatten()[:, None]).solution
+        assert abs(g - 1) <= 0.2 + 1e-4 and abs(o) <= 0.2 + 1e-4
+        assert torch.allclose(y[b], x[b] * g + o, atol=1e-4)
+    assert not torch.equal(y, x)
+    assert torch.equal(SceneTransform(ResizePolicy(32, scale=None), train=False, jitter=0.2)(x), x)
     assert center_crop(torch.zeros(1, 10, 10), 16).shape == (1, 16, 16)
