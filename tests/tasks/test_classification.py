@@ -222,3 +222,28 @@ def test_dihedral_tta_is_orientation_invariant(scenes, tmp_path):
     ds = eval_dataset(task, str(scenes), Path(res["best"]).parent / "splits.csv", "test", False)
     m = evaluate(task, DataLoader(ds, batch_size=4), tta=True)
     assert 0 <= m["overall_accuracy"] <= 1 and m["num_samples"] == len(ds) == sum(map(sum, m["confusion_matrix"]))
+
+
+def test_shipped_rsscn7_recipe_on_the_real_data(tmp_path):
+    """configs/rsscn7_lsknet_t.yaml on ../shared/data/rsscn7 for a few steps: the stratified
+    60/20/20 split, whole-scene eval at eval_size, and a test pass over all 112 test images."""
+    from collections import Counter
+
+    from rsvision.cli._common import load_config
+    from tests.conftest import ROOT, shared_path
+
+    data = shared_path("data", "rsscn7", "train")
+    cfg = load_config(ROOT / "configs" / "rsscn7_lsknet_t.yaml", ClassifyConfig)
+    assert cfg.data.eval_size and cfg.data.resize > cfg.data.img_size and cfg.model.fast
+    cfg.data.root = str(data)
+    t = cfg.trainer
+    t.out, t.max_epochs, t.progress, t.threads = str(tmp_path / "run"), 1, "none", 1
+    t.extra = {"limit_train_batches": 2, "limit_val_batches": 1}
+    res = train_classifier(cfg)
+    rows = [line.split(",") for line in (tmp_path / "run" / "splits.csv").read_text().splitlines()[1:]]
+    per = Counter((r[0], r[-1]) for r in rows)  # split,path,label
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    assert len(classes) == 7 and all(per[("train", c)] == 48 and per[("val", c)] == 16 and per[("test", c)] == 16
+                                     for c in classes), per
+    assert res["test"]["num_samples"] == 112
+    assert torch.load(res["best"], weights_only=True)["hyper_parameters"]["eval_size"] == cfg.data.eval_size
