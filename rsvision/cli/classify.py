@@ -84,7 +84,8 @@ def eval_(
     acc, _ = parse_device(device or "cpu")
     dev = "cuda" if acc == "gpu" else "cpu"
     metrics = evaluate(task, DataLoader(ds, batch_size=batch_size or 32), dev, progress=True, tta=tta)
-    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta, eval_size=eval_size)
+    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta,
+                   eval_size=eval_size or task.hparams.get("eval_size"))
     print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),
                   json_path=json_out)
     if not task.multilabel:

@@ -28,9 +28,9 @@ class ResizePolicy:
       anti-aliased, ignoring aspect ratio (scene tiles are square). This is done once when the
       dataset is cached, so it is also what makes CPU training affordable.
     * eval: centre crop ``img_size`` from that (no crop when ``resize == img_size``), or, when
-      ``eval_size`` is given, the whole image resized to ``eval_size``. Training on crops of a
-      larger base image and testing on the whole scene ("FixRes": crops make objects look larger
-      than the whole view does, so the best test size is usually above ``img_size``).
+      ``eval_size`` is given, the whole image resized to ``eval_size``: train on crops of a larger
+      base image, test on the whole scene ("FixRes": a crop makes objects look larger than the
+      whole view does, so the best test size is usually above ``img_size``; choose it on val).
     * train: random resized crop with area ``scale`` and aspect ``ratio``, output ``img_size``
       (``scale=None``: random crop of ``img_size`` without rescaling).
     """
