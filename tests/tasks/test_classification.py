@@ -230,6 +230,7 @@ def test_shipped_rsscn7_recipe_on_the_real_data(tmp_path):
     from collections import Counter
 
     from rsvision.cli._common import load_config
+    from rsvision.data.classification import read_split_file
     from tests.conftest import ROOT, shared_path
 
     data = shared_path("data", "rsscn7", "train")
@@ -240,8 +241,8 @@ def test_shipped_rsscn7_recipe_on_the_real_data(tmp_path):
     t.out, t.max_epochs, t.progress, t.threads = str(tmp_path / "run"), 1, "none", 1
     t.extra = {"limit_train_batches": 2, "limit_val_batches": 1}
     res = train_classifier(cfg)
-    rows = [line.split(",") for line in (tmp_path / "run" / "splits.csv").read_text().splitlines()[1:]]
-    per = Counter((r[0], r[-1]) for r in rows)  # split,path,label
+    table = read_split_file(tmp_path / "run" / "splits.csv")  # {class/image: split}
+    per = Counter((split, Path(rel).parts[0]) for rel, split in table.items())
     classes = sorted(p.name for p in data.iterdir() if p.is_dir())
     assert len(classes) == 7 and all(per[("train", c)] == 48 and per[("val", c)] == 16 and per[("test", c)] == 16
                                      for c in classes), per
