@@ -3,6 +3,7 @@
     python benchmarks/bench_backbones.py                       # all four models, 2 threads
     python benchmarks/bench_backbones.py --models lsknet_t --repeats 5 --profile
     python benchmarks/bench_backbones.py --device cuda --repeats 20    # GPU: fp32, TF32 off
+    python benchmarks/bench_backbones.py --malloc keep   # glibc keeps freed memory, as in the CLI
 
 For each model: forward of 1x3x1024x1024 in eval (plain NCHW vs ``optimize_for_inference``) and
 a train step on 8x3x256x256 (forward + backward + SGD step; plain NCHW vs
@@ -150,6 +151,11 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:<i>")
     ap.add_argument("--compile", action="store_true", help="also time optimize_for_inference(compile=True) (forward)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of the fast paths of the first model")
+    ap.add_argument(
+        "--malloc", choices=("system", "keep"), default="system",
+        help="system: glibc's defaults (the goals' baseline); keep: rsvision.runtime.keep_freed_memory() first, "
+        "as the rsvision CLI does (both paths then skip the page faults of fresh multi-MB blocks)",
+    )
     args = ap.parse_args(argv)
 
     import rsvision  # noqa: F401  (registers the models)
@@ -158,6 +164,11 @@ def main(argv=None) -> None:
 
     global _SYNC
     torch.set_num_threads(args.threads)
+    if args.malloc == "keep":
+        from rsvision.runtime import keep_freed_memory
+
+        if not keep_freed_memory():
+            print("--malloc keep: no glibc here, allocator unchanged", file=sys.stderr)
     if torch.device(args.device).type == "cuda":
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
@@ -173,7 +184,7 @@ def main(argv=None) -> None:
     t = Table(
         title=(
             f"plain vs fast: forward 1x3x{args.size}^2 eval, train step {args.batch}x3x{args.train_size}^2; "
-            f"{args.device}, {args.threads} threads, median of {args.repeats} interleaved runs"
+            f"{args.device}, {args.threads} threads, malloc {args.malloc}, median of {args.repeats} interleaved runs"
         )
     )
     for c in ("model", "fwd plain s", "fwd fast s", "fwd x", "fwd CPU x", "fwd floor s", "fast/floor",

@@ -38,6 +38,9 @@ def _root(
     ),
 ) -> None:
     """rsvision command line."""
+    from rsvision.runtime import apply_env_malloc
+
+    apply_env_malloc()  # keep freed memory in the heap (RSVISION_MALLOC=system: glibc defaults)
 
 
 for _name in _GROUPS:

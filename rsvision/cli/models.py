@@ -46,3 +46,8 @@ def models(
             console.print("[yellow]--bench needs rsvision.models.fast (not available in this build)[/]")
             raise typer.Exit(1)
         console.print(benchmark_table([n for n, _ in rows], size=size, device=device, in_chans=in_chans))
+        if device == "cpu":
+            import os
+
+            mode = os.environ.get("RSVISION_MALLOC", "keep")
+            console.print(f"[dim]allocator: RSVISION_MALLOC={mode} (keep: glibc keeps freed memory; system: its defaults)[/]")

@@ -1,0 +1,73 @@
+"""rsvision.runtime: glibc keeps freed memory (checked with mallinfo2 in a fresh process)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rsvision.runtime import glibc
+
+needs_glibc = pytest.mark.skipif(glibc() is None or not hasattr(glibc(), "mallinfo2"), reason="needs glibc >= 2.33")
+
+# Prints the bytes glibc holds in mmapped blocks while a 64 MiB tensor is alive, and the
+# heap's size after the tensor was freed.
+_PROBE = textwrap.dedent(
+    """
+    import ctypes, sys
+    import torch
+    from rsvision.runtime import apply_env_malloc, glibc
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+    libc = glibc()
+    libc.mallinfo2.restype = MallInfo2
+    applied = apply_env_malloc()
+    x = torch.ones(16 << 20)  # 64 MiB
+    mmapped = libc.mallinfo2().hblkhd
+    del x
+    print(int(applied), mmapped, libc.mallinfo2().arena)
+    """
+)
+
+
+def _probe(mode: str) -> tuple[int, int, int]:
+    env = {**os.environ, "RSVISION_MALLOC": mode}
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    applied, mmapped, arena = map(int, out.stdout.split())
+    return applied, mmapped, arena
+
+
+@needs_glibc
+def test_keep_serves_big_blocks_from_the_heap_and_keeps_them():
+    applied, mmapped, arena = _probe("keep")
+    assert applied == 1
+    assert mmapped < (16 << 20)  # the 64 MiB block is not an mmap of its own
+    assert arena >= (64 << 20)  # and stays in the heap after it was freed
+
+
+@needs_glibc
+def test_system_leaves_glibc_defaults():
+    applied, mmapped, _ = _probe("system")
+    assert applied == 0
+    assert mmapped >= (64 << 20)  # glibc's default: a fresh mmap, returned on free
+
+
+def test_cli_applies_it_at_start(monkeypatch):
+    from typer.testing import CliRunner
+
+    import rsvision.runtime as rt
+    from rsvision.cli import app
+
+    calls = []
+    monkeypatch.setattr(rt, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.delenv("RSVISION_MALLOC", raising=False)
+    assert CliRunner().invoke(app, ["models"]).exit_code == 0
+    assert calls == [1]
+    monkeypatch.setenv("RSVISION_MALLOC", "system")
+    assert CliRunner().invoke(app, ["models"]).exit_code == 0
+    assert calls == [1]
