@@ -6,9 +6,10 @@ free; it also trims the heap's free top. A CNN step allocates and frees the same
 activations over and over, so every step page-faults all of them in again (the kernel zeroes
 each 4 KiB page). Measured on the 2-core reference machine (torch 2.14.1, 2 threads, one run
 each way): LSKNet-T forward 1x3x1024^2 plain 1.17 s -> 0.51 s, fast path 0.36 s -> 0.31 s; train
-step 8x3x256^2 plain 1.49 -> 1.09 s, fast 0.91 -> 0.82 s. Small inputs gain nothing: RSSCN7
-training (16x3x128^2 batches) ran 12.5 s per epoch either way (its tensors stay below glibc's
-dynamic threshold). ``python benchmarks/bench_backbones.py --malloc keep`` measures it.
+step 8x3x256^2 plain 1.49 -> 1.09 s, fast 0.91 -> 0.82 s. Small inputs gain little: RSSCN7
+training (16x3x128^2 batches, 30-minute runs) did 143-148 LSKNet-T epochs without it, 159 with it
+(resnet18: 181 vs 199-202), with machine noise of that order; its first 26 epochs took 12.5 s each
+either way. ``python benchmarks/bench_backbones.py --malloc keep`` measures the backbones.
 
 The setting is process-wide, so the library never changes it on its own: the ``rsvision``
 command line applies it at start (``RSVISION_MALLOC=system`` keeps glibc's defaults), Python
