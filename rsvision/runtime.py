@@ -24,13 +24,14 @@ import logging
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "apply_env_malloc", "glibc"]
+__all__ = ["keep_freed_memory", "apply_env_malloc", "allocator_mode", "glibc"]
 
 log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1  # <malloc.h>
 _M_MMAP_MAX = -4
 _ENV = "RSVISION_MALLOC"
+_kept = False  # keep_freed_memory() applied in this process
 
 
 def glibc() -> ctypes.CDLL | None:
@@ -57,8 +58,15 @@ def keep_freed_memory(trim_bytes: int = (1 << 31) - 1) -> bool:
     if libc is None:
         log.debug("keep_freed_memory: no glibc, allocator left as it is")
         return False
+    global _kept
     trim = max(0, min(int(trim_bytes), (1 << 31) - 1))  # mallopt takes a C int
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
+    _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
+    return _kept
+
+
+def allocator_mode() -> str:
+    """"keep" once :func:`keep_freed_memory` was applied in this process, else "system"."""
+    return "keep" if _kept else "system"
 
 
 def apply_env_malloc() -> bool:

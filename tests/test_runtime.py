@@ -18,7 +18,7 @@ _PROBE = textwrap.dedent(
     """
     import ctypes, sys
     import torch
-    from rsvision.runtime import apply_env_malloc, glibc
+    from rsvision.runtime import allocator_mode, apply_env_malloc, glibc
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in
@@ -27,6 +27,7 @@ _PROBE = textwrap.dedent(
     libc = glibc()
     libc.mallinfo2.restype = MallInfo2
     applied = apply_env_malloc()
+    assert allocator_mode() == ("keep" if applied else "system")
     x = torch.ones(16 << 20)  # 64 MiB
     mmapped = libc.mallinfo2().hblkhd
     del x

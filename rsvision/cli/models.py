@@ -47,7 +47,6 @@ def models(
             raise typer.Exit(1)
         console.print(benchmark_table([n for n, _ in rows], size=size, device=device, in_chans=in_chans))
         if device == "cpu":
-            import os
+            from rsvision.runtime import allocator_mode
 
-            mode = os.environ.get("RSVISION_MALLOC", "keep")
-            console.print(f"[dim]allocator: RSVISION_MALLOC={mode} (keep: glibc keeps freed memory; system: its defaults)[/]")
+            console.print(f"[dim]allocator: {allocator_mode()} (RSVISION_MALLOC=keep|system, see README)[/]")
