@@ -10,13 +10,14 @@ import pytest
 
 from rsvision.runtime import glibc
 
-needs_glibc = pytest.mark.skipif(glibc() is None or not hasattr(glibc(), "mallinfo2"), reason="needs glibc >= 2.33")
+_LIBC = glibc()
+needs_glibc = pytest.mark.skipif(_LIBC is None or not hasattr(_LIBC, "mallinfo2"), reason="needs glibc >= 2.33")
 
 # Prints the bytes glibc holds in mmapped blocks while a 64 MiB tensor is alive, and the
 # heap's size after the tensor was freed.
 _PROBE = textwrap.dedent(
     """
-    import ctypes, sys
+    import ctypes
     import torch
     from rsvision.runtime import allocator_mode, apply_env_malloc, glibc
 
