@@ -28,15 +28,20 @@ Inference (``optimize_for_inference``), in eval semantics:
 Training (``optimize_for_training``): BatchNorm must keep batch statistics, so nothing is
 folded; the module keeps its parameters and state-dict keys and only gets channels-last
 memory, the phase form of the dilated conv, 1x1 convs as GEMMs over channels-last pixels,
-depthwise convs without oneDNN's costly bias gradient, and GELUs whose backward reuses the
-pre-activation's buffer (one fresh activation-sized tensor less each).
+depthwise convs without oneDNN's costly bias gradient, GELUs whose backward reuses the
+pre-activation's buffer, and FFNs whose 4-8x wide hidden maps live in buffers reused from one
+step to the next (``pool``: glibc would hand each fresh one back to the OS and page-fault it in
+again on every step).
 """
 from rsvision.models.fast.bench import benchmark_table
 from rsvision.models.fast.inference import FastHAKSBlock, FastLSKBlock, FastPatchEmbed, optimize_for_inference
 from rsvision.models.fast.ops import (
     DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, depthwise_conv, dilated_depthwise_conv,
 )
-from rsvision.models.fast.training import TiledMlp, TiledPartialConvMlp, optimize_for_training
+from rsvision.models.fast.pool import release_training_buffers, training_buffer_bytes
+from rsvision.models.fast.training import (
+    PooledMlp, PooledPartialConvMlp, TiledMlp, TiledPartialConvMlp, optimize_for_training,
+)
 
 __all__ = [
     "optimize_for_inference",
@@ -48,6 +53,10 @@ __all__ = [
     "PointwiseConv2d",
     "InplaceBackwardGELU",
     "TiledMlp",
+    "PooledMlp",
+    "PooledPartialConvMlp",
+    "release_training_buffers",
+    "training_buffer_bytes",
     "TiledPartialConvMlp",
     "FastPatchEmbed",
     "FastLSKBlock",

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv", "dilated_depthwise_conv", "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d",
+__all__ = ["depthwise_conv", "depthwise_conv_into", "dilated_depthwise_conv", "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d",
            "InplaceBackwardGELU"]
 
 _CL = torch.channels_last
@@ -79,6 +79,23 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     if x.device.type == "cpu" and not _tracing() and torch.is_grad_enabled():
         return _DepthwiseConv.apply(x, weight, bias, padding, dilation)
     return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
+
+
+def depthwise_conv_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int):
+    """``out[:] = F.conv2d(x, weight, bias, 1, padding, 1, C)`` without a fresh output tensor.
+
+    out, x: channels-last (B, C, H, W) with the same shape, not overlapping; weight (C, 1, k, k).
+    On CPU float32 oneDNN accumulates into the zeroed ``out`` (a fresh big output would be
+    page-faulted in: see ``pool``); elsewhere a plain conv is copied in. Returns ``out``.
+    """
+    C = x.shape[1]
+    if _use_mkldnn(x) and x.is_contiguous(memory_format=_CL) and out.is_contiguous(memory_format=_CL):
+        out.zero_()
+        p = [padding] * 2
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            out, x, weight, bias, p, [1, 1], [1, 1], C, "add", None, None, [], None
+        )
+    return out.copy_(F.conv2d(x, weight, bias, 1, padding, 1, C))
 
 
 def dilated_depthwise_conv(

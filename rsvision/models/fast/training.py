@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from rsvision.models.backbones.haksnet import PartialConvMlp
 from rsvision.models.backbones.lsknet import LSKAttention, Mlp
 from rsvision.models.fast.inference import _backbones
-from rsvision.models.fast.ops import _CL, DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, _tracing
+from rsvision.models.fast.ops import (
+    _CL, DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, _tracing, depthwise_conv_into,
+)
+from rsvision.models.fast.pool import POOL
 
-__all__ = ["optimize_for_training", "TiledMlp", "TiledPartialConvMlp", "SplitPartialConvMlp"]
+__all__ = ["optimize_for_training", "TiledMlp", "TiledPartialConvMlp", "PooledMlp", "PooledPartialConvMlp"]
 
 # FFN tiles of the recompute path (``recompute_ffn=True``)
 _TRAIN_TILE_BYTES = 2 << 20
@@ -117,23 +120,117 @@ class TiledPartialConvMlp(PartialConvMlp):
         return _TiledFFN.apply(z, l1.weight, l1.bias, dw.weight, dw.bias, l2.weight, l2.bias, True)
 
 
-class SplitPartialConvMlp(PartialConvMlp):
-    """HAKSNet ``PartialConvMlp`` (same parameters and keys) with ``linear1`` as two GEMMs on CPU.
+def _cl(t2d: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
+    """(B*H*W, C) rows -> the channels-last (B, C, H, W) view of the same memory."""
+    return t2d.view(B, H, W, -1).permute(0, 3, 1, 2)
 
-    ``linear1(x).chunk(2)`` gives two channel slices with the full stride: every consumer
-    (depthwise conv, product, their backward) copies them. Two GEMMs on the halves of the weight
-    give contiguous channels-last halves (autograd assembles the weight gradient).
+
+class _PooledFFN(torch.autograd.Function):
+    """The FFN ``fc2(gelu(dw(fc1(x))))`` (``gated``: HAKSNet's ``linear2(dw(h1) * h2)``) on pooled buffers.
+
+    Its hidden maps are 4-8x the block width ((8, 256, 64, 64) = 32 MiB at 8x256^2), each a fresh
+    mmap page-faulted in on every step (see ``pool``). Here forward writes them into buffers
+    from ``pool.POOL`` (GEMMs and depthwise conv with ``out=``), backward overwrites each buffer with a
+    gradient once its value is dead (dL/da into a, dL/dd into d, dL/dh into a again: the input
+    gradient of a stride-1 depthwise conv is the conv with the flipped kernel) and gives the
+    buffers back. They return to the pool only after backward, so several forwards before one
+    backward (a siamese encoder) are safe; a second backward through the same graph raises.
+    x: channels-last (B, C, H, W); w1: (k * hidden, C) with k = 2 if gated else 1; wd: (hidden, 1, 3, 3); w2: (C, hidden).
     """
 
+    @staticmethod
+    def forward(ctx, x, w1, b1, wd, bd, w2, b2, gated: bool):
+        B, C, H, W = x.shape
+        N, hid = B * H * W, wd.shape[0]
+        xh = x.permute(0, 2, 3, 1).reshape(N, C)
+        bases = [POOL.take(N * hid, x) for _ in range(4 if gated else 3)]
+        bufs = [b[: N * hid].view(N, hid) for b in bases]
+        if gated:
+            h, h2, d, a = bufs
+            torch.addmm(b1[hid:], xh, w1[hid:].t(), out=h2)
+        else:
+            h, d, a = bufs
+        torch.addmm(b1[:hid], xh, w1[:hid].t(), out=h)
+        depthwise_conv_into(_cl(d, B, H, W), _cl(h, B, H, W), wd, bd, wd.shape[-1] // 2)
+        if gated:
+            torch.mul(d, h2, out=a)
+        else:
+            torch.ops.aten.gelu.out(d, out=a)
+        y = torch.addmm(b2, a, w2.t())
+        ctx.save_for_backward(x, w1, wd, w2)
+        ctx.bases, ctx.bufs, ctx.gated = bases, bufs, gated
+        return _cl(y, B, H, W)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        if ctx.bufs is None:
+            raise RuntimeError(
+                "optimize_for_training's FFN reuses its buffers after the first backward: a second backward "
+                "through the same graph (retain_graph=True) is not supported; use the plain model for that"
+            )
+        x, w1, wd, w2 = ctx.saved_tensors
+        B, C, H, W = x.shape
+        N, hid, k = B * H * W, wd.shape[0], wd.shape[-1]
+        xh = x.permute(0, 2, 3, 1).reshape(N, C)
+        gyh = gy.permute(0, 2, 3, 1).reshape(N, C)
+        if ctx.gated:
+            h, h2, d, a = ctx.bufs
+        else:
+            h, d, a = ctx.bufs
+        gw2, gb2 = gyh.t() @ a, gyh.sum(0)
+        torch.mm(gyh, w2, out=a)  # a := dL/da
+        if ctx.gated:
+            torch.mul(a, d, out=d)  # d := dL/dh2
+            torch.mul(a, h2, out=a)  # a := dL/dd
+            gd, gh2 = a, d
+        else:
+            torch.ops.aten.gelu_backward.grad_input(a, d, grad_input=d)  # d := dL/dd
+            gd = d
+        gwd = torch.ops.aten.convolution_backward(
+            _cl(gd, B, H, W), _cl(h, B, H, W), wd, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], hid, [False, True, False]
+        )[1]
+        gbd = gd.sum(0)
+        depthwise_conv_into(_cl(h, B, H, W), _cl(gd, B, H, W), wd.flip(-1, -2), None, k // 2)  # h := dL/dh
+        gx = h @ w1[:hid]
+        gw1, gb1 = h.t() @ xh, h.sum(0)
+        if ctx.gated:
+            gx.addmm_(gh2, w1[hid:])
+            gw1, gb1 = torch.cat([gw1, gh2.t() @ xh]), torch.cat([gb1, gh2.sum(0)])
+        POOL.give(*ctx.bases)
+        ctx.bases = ctx.bufs = None
+        return _cl(gx, B, H, W), gw1, gb1, gwd, gbd, gw2, gb2, None
+
+
+def _pooled_ok(x: torch.Tensor, m: nn.Module) -> bool:
+    """CPU channels-last input and a graph to build (else the plain forward: nothing to pool)."""
+    return (
+        _tiled_ok(x) and torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in m.parameters()))
+    )
+
+
+class PooledMlp(Mlp):
+    """LSKNet ``Mlp`` (same parameters and keys) through ``_PooledFFN`` in CPU training (no dropout)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _tiled_ok(x):
+        if not _pooled_ok(x, self) or (self.training and self.drop.p > 0):
+            return super().forward(x)
+        dw = self.dwconv.dwconv
+        return _PooledFFN.apply(
+            x, self.fc1.weight.flatten(1), self.fc1.bias, dw.weight, dw.bias, self.fc2.weight.flatten(1), self.fc2.bias, False
+        )
+
+
+class PooledPartialConvMlp(PartialConvMlp):
+    """HAKSNet ``PartialConvMlp`` (same parameters and keys) with its gated FFN through ``_PooledFFN``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _pooled_ok(x, self):
             return super().forward(x)
         x1, x2 = torch.split(x, [self.dim_conv, x.shape[1] - self.dim_conv], dim=1)
-        zh = torch.cat([self.partial_conv3(x1), x2], dim=1).contiguous(memory_format=_CL).permute(0, 2, 3, 1)
-        w, b, n = self.linear1.weight.flatten(1), self.linear1.bias, self.dwconv.weight.shape[0]
-        h1 = F.linear(zh, w[:n], b[:n]).permute(0, 3, 1, 2)
-        h2 = F.linear(zh, w[n:], b[n:]).permute(0, 3, 1, 2)
-        return self.linear2(self.dwconv(h1) * h2)
+        z = torch.cat([self.partial_conv3(x1), x2], dim=1).contiguous(memory_format=_CL)
+        l1, l2, dw = self.linear1, self.linear2, self.dwconv
+        return _PooledFFN.apply(z, l1.weight.flatten(1), l1.bias, dw.weight, dw.bias, l2.weight.flatten(1), l2.bias, True)
 
 
 def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn: bool = False) -> nn.Module:
@@ -143,12 +240,15 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
     channels-last memory format, LSKNet's dilated depthwise conv runs as a
     ``PhaseDilatedConv2d``, the blocks' 1x1 convs as ``PointwiseConv2d`` (GEMMs) and their
     depthwise convs as ``DepthwiseConv2d`` (cheaper backward), their GELUs as
-    ``InplaceBackwardGELU`` (backward into the input's buffer) and HAKSNet's ``linear1`` as two
-    GEMMs (``SplitPartialConvMlp``: contiguous halves instead of strided ``chunk`` slices).
-    ``recompute_ffn`` also runs the FFNs as ``TiledMlp`` / ``TiledPartialConvMlp``: cache-sized
+    ``InplaceBackwardGELU`` (backward into the input's buffer), and the FFNs as ``PooledMlp`` /
+    ``PooledPartialConvMlp``: hidden maps in buffers reused from step to step (``pool``; free
+    them with ``release_training_buffers()``), gradients written over dead activations. A graph
+    through them supports one backward (no ``retain_graph`` second pass, no double backward).
+    ``recompute_ffn`` runs the FFNs as ``TiledMlp`` / ``TiledPartialConvMlp`` instead: cache-sized
     tiles whose 8x-wide hidden activations are recomputed in backward instead of stored. That
-    saves most of the activation memory but measured ~15% slower per step on a 2-core CPU. Feed channels-last inputs (``x.contiguous(memory_format=
-    torch.channels_last)``) to avoid a conversion. With ``inplace`` the given model is changed
+    saves most of the activation memory but measured ~15% slower per step on a 2-core CPU.
+    Feed channels-last inputs (``x.contiguous(memory_format=torch.channels_last)``) to avoid a
+    conversion. With ``inplace`` the given model is changed
     (parameters stay the same objects, so an existing optimizer keeps working).
     """
     new = model if inplace else copy.deepcopy(model)
@@ -173,8 +273,8 @@ def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn
                 elif type(m) is nn.GELU:
                     m.__class__ = InplaceBackwardGELU
             for m in blocks.modules():
-                if recompute_ffn and type(m) is Mlp:
-                    m.__class__ = TiledMlp
+                if type(m) is Mlp:
+                    m.__class__ = TiledMlp if recompute_ffn else PooledMlp
                 elif type(m) is PartialConvMlp:
-                    m.__class__ = TiledPartialConvMlp if recompute_ffn else SplitPartialConvMlp
+                    m.__class__ = TiledPartialConvMlp if recompute_ffn else PooledPartialConvMlp
     return new.to(memory_format=_CL)
