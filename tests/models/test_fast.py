@@ -207,6 +207,29 @@ def test_depthwise_grads_equal_conv2d(dilation, k, pad, hw, channels_last):
             assert torch.allclose(r, o, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 3, 5, 7, 9])
+@pytest.mark.parametrize("same", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_weight_grad_against_a_loop(k, same, channels_last):
+    """The 3x3-block weight gradient equals the obvious sum over taps (float64 and float32)."""
+    torch.manual_seed(k)
+    pad = k // 2 if same else 0
+    x = torch.randn(2, 5, 11, 9 + k, dtype=torch.float64)
+    Ho, Wo = x.shape[2] + 2 * pad - k + 1, x.shape[3] + 2 * pad - k + 1
+    g = torch.randn(2, 5, Ho, Wo, dtype=torch.float64)
+    xp = F.pad(x, (pad,) * 4)
+    ref = torch.stack([
+        torch.stack([(g * xp[:, :, i : i + Ho, j : j + Wo]).sum((0, 2, 3)) for j in range(k)], -1) for i in range(k)
+    ], 1).unsqueeze(1)  # (C, 1, k, k)
+    for dt, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        xs, gs = x.to(dt), g.to(dt)
+        if channels_last:
+            xs, gs = xs.contiguous(memory_format=torch.channels_last), gs.contiguous(memory_format=torch.channels_last)
+        out = fast.depthwise_weight_grad(gs, xs, k, pad)
+        assert out.shape == (5, 1, k, k) and out.dtype == dt
+        assert (out.double() - ref).abs().max().item() <= tol * ref.abs().max().item()
+
+
 def test_inplace_backward_gelu_grads_and_reuse_guard():
     torch.manual_seed(0)
     h0, gy = torch.randn(2, 5, 7, 3, dtype=torch.float64), torch.randn(2, 5, 7, 3, dtype=torch.float64)

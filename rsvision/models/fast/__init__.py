@@ -36,7 +36,8 @@ again on every step).
 from rsvision.models.fast.bench import benchmark_table
 from rsvision.models.fast.inference import FastHAKSBlock, FastLSKBlock, FastPatchEmbed, optimize_for_inference
 from rsvision.models.fast.ops import (
-    DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, depthwise_conv, dilated_depthwise_conv,
+    DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, depthwise_conv, depthwise_weight_grad,
+    dilated_depthwise_conv,
 )
 from rsvision.models.fast.pool import release_training_buffers, training_buffer_bytes
 from rsvision.models.fast.training import (
@@ -47,6 +48,7 @@ __all__ = [
     "optimize_for_inference",
     "optimize_for_training",
     "depthwise_conv",
+    "depthwise_weight_grad",
     "dilated_depthwise_conv",
     "DepthwiseConv2d",
     "PhaseDilatedConv2d",
