@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv", "depthwise_conv_into", "depthwise_weight_grad", "dilated_depthwise_conv", "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d",
+__all__ = ["depthwise_conv", "depthwise_conv_into", "depthwise_weight_grad", "linear_nt", "dilated_depthwise_conv", "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d",
            "InplaceBackwardGELU"]
 
 _CL = torch.channels_last
@@ -27,7 +27,9 @@ def _probe_mkldnn() -> bool:
         x = torch.randn(1, 2, 3, 3).contiguous(memory_format=_CL)
         w = torch.randn(2, 1, 3, 3)
         y = torch.ops.mkldnn._convolution_pointwise(x, w, None, [1, 1], [1, 1], [1, 1], 2, "gelu", [], "none")
-        return bool(torch.allclose(y, F.gelu(F.conv2d(x, w, None, 1, 1, 1, 2)), atol=1e-5))
+        a, m = torch.randn(5, 4), torch.randn(3, 4)
+        z = torch.ops.mkldnn._linear_pointwise(a, m, None, "none", [], "")
+        return bool(torch.allclose(y, F.gelu(F.conv2d(x, w, None, 1, 1, 1, 2)), atol=1e-5) and torch.allclose(z, a @ m.t(), atol=1e-5))
     except Exception:  # op missing on this build
         return False
 
@@ -45,6 +47,17 @@ def _use_mkldnn(x: torch.Tensor) -> bool:
     if _MKLDNN is None:
         _MKLDNN = torch.backends.mkldnn.is_available() and _probe_mkldnn()
     return _MKLDNN
+
+
+def linear_nt(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ w.T (+ b)``, x: (N, K), w: (M, K) -> (N, M); no autograd (for custom backwards).
+
+    On CPU float32 this is oneDNN's matmul, measured 10-25% faster than ``F.linear`` (MKL) for
+    the FFN's hidden -> width projections (e.g. (32768, 256) x (256, 32): 4.1 vs 5.5 ms, 2 threads).
+    """
+    if _use_mkldnn(x):
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return F.linear(x, w, b)
 
 
 def depthwise_weight_grad(g: torch.Tensor, x: torch.Tensor, k: int, padding: int) -> torch.Tensor:

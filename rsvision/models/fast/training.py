@@ -12,6 +12,7 @@ from rsvision.models.backbones.lsknet import LSKAttention, Mlp
 from rsvision.models.fast.inference import _backbones
 from rsvision.models.fast.ops import (
     _CL, DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, _tracing, depthwise_conv_into,
+    linear_nt,
 )
 from rsvision.models.fast.pool import POOL
 
@@ -156,7 +157,7 @@ class _PooledFFN(torch.autograd.Function):
             torch.mul(d, h2, out=a)
         else:
             torch.ops.aten.gelu.out(d, out=a)
-        y = torch.addmm(b2, a, w2.t())
+        y = linear_nt(a, w2, b2)
         ctx.save_for_backward(x, w1, wd, w2)
         ctx.bases, ctx.bufs, ctx.gated = bases, bufs, gated
         return _cl(y, B, H, W)
@@ -178,7 +179,7 @@ class _PooledFFN(torch.autograd.Function):
             h, h2, d, a = ctx.bufs
         else:
             h, d, a = ctx.bufs
-        gw2, gb2 = gyh.t() @ a, gyh.sum(0)
+        gw2, gb2 = (a.t() @ gyh).t(), gyh.sum(0)  # this operand order: the faster GEMM here
         torch.mm(gyh, w2, out=a)  # a := dL/da
         if ctx.gated:
             torch.mul(a, d, out=d)  # d := dL/dh2
@@ -192,10 +193,10 @@ class _PooledFFN(torch.autograd.Function):
         )[1]
         gbd = gd.sum(0)
         depthwise_conv_into(_cl(h, B, H, W), _cl(gd, B, H, W), wd.flip(-1, -2), None, k // 2)  # h := dL/dh
-        gx = h @ w1[:hid]
+        gx = linear_nt(h, w1[:hid].t().contiguous())
         gw1, gb1 = h.t() @ xh, h.sum(0)
         if ctx.gated:
-            gx.addmm_(gh2, w1[hid:])
+            gx += linear_nt(gh2, w1[hid:].t().contiguous())
             gw1, gb1 = torch.cat([gw1, gh2.t() @ xh]), torch.cat([gb1, gh2.sum(0)])
         POOL.give(*ctx.bases)
         ctx.bases = ctx.bufs = None
