@@ -117,3 +117,19 @@ def test_buffer_pool_best_fit_and_bounded():
         pool.give(pool.take(n, like))
         assert pool.free_bytes <= 900 * 4
     assert pool.take(10, torch.empty(0, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_pooled_ffn_falls_back_to_plain_ops(gated):
+    """NCHW input or no grad: the plain forward, nothing taken from the pool."""
+    plain, pooled = _pair(gated)
+    x = torch.randn(2, 16 if gated else 12, 6, 5)
+    POOL.clear()
+    before = POOL._peak
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(x.contiguous(memory_format=CL)), plain(x), rtol=1e-5, atol=1e-5)
+    y = pooled(x.requires_grad_())  # NCHW: what CUDA and other layouts take too
+    torch.testing.assert_close(y, plain(x), rtol=1e-5, atol=1e-5)
+    assert POOL._peak == before
+    pooled(x.detach().contiguous(memory_format=CL).requires_grad_())  # the pooled path does take buffers
+    assert POOL._peak > before
