@@ -133,3 +133,24 @@ def test_pooled_ffn_falls_back_to_plain_ops(gated):
     assert POOL._peak == before
     pooled(x.detach().contiguous(memory_format=CL).requires_grad_())  # the pooled path does take buffers
     assert POOL._peak > before
+
+
+def test_training_path_under_bf16_autocast_and_bf16_weights():
+    """Autocast and low-precision models take the plain ops (the pooled FFN is fp32 / fp64 only)."""
+    import timm
+
+    import rsvision  # noqa: F401  (registers the models)
+
+    torch.manual_seed(0)
+    plain = timm.create_model("lsknet_t", num_classes=3).train()
+    fast_m = fast.optimize_for_training(plain)
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    for m, xx in ((plain, x), (fast_m, x.contiguous(memory_format=CL))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(xx)
+        y.float().sum().backward()
+        outs.append(y.float().detach())
+    torch.testing.assert_close(outs[1], outs[0], rtol=0.05, atol=0.05)  # bf16: loose
+    fast_bf16 = fast.optimize_for_training(plain).to(torch.bfloat16)
+    fast_bf16(x.to(torch.bfloat16).contiguous(memory_format=CL)).float().sum().backward()

@@ -96,7 +96,11 @@ class _TiledFFN(torch.autograd.Function):
 
 
 def _tiled_ok(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.is_contiguous(memory_format=_CL) and not _tracing()
+    """CPU, channels-last, fp32 / fp64 and no autocast (the custom FFN functions pick their own dtypes)."""
+    return (
+        x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous(memory_format=_CL)
+        and not torch.is_autocast_enabled("cpu") and not _tracing()
+    )
 
 
 class TiledMlp(Mlp):
@@ -132,8 +136,9 @@ class _PooledFFN(torch.autograd.Function):
     Its hidden maps are 4-8x the block width ((8, 256, 64, 64) = 32 MiB at 8x256^2), each a fresh
     mmap page-faulted in on every step (see ``pool``). Here forward writes them into buffers
     from ``pool.POOL`` (GEMMs and depthwise conv with ``out=``), backward overwrites each buffer with a
-    gradient once its value is dead (dL/da into a, dL/dd into d, dL/dh into a again: the input
-    gradient of a stride-1 depthwise conv is the conv with the flipped kernel) and gives the
+    gradient once its value is dead (dL/da into a, dL/dd into d, dL/dh into h after the depthwise
+    weight gradient: the input gradient of a stride-1 depthwise conv is the conv with the flipped
+    kernel) and gives the
     buffers back. They return to the pool only after backward, so several forwards before one
     backward (a siamese encoder) are safe; a second backward through the same graph raises.
     x: channels-last (B, C, H, W); w1: (k * hidden, C) with k = 2 if gated else 1; wd: (hidden, 1, 3, 3); w2: (C, hidden).
