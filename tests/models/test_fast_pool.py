@@ -53,7 +53,8 @@ def test_pooled_ffn_matches_plain_with_two_forwards_per_backward(gated, dtype):
     xs = [torch.randn(2, c, 13, 10, dtype=dtype), torch.randn(3, c, 7, 9, dtype=dtype)]
     gys = [torch.randn_like(x) for x in xs]
     ref_out, ref_g = _grads(plain, xs, gys)
-    out, g = _grads(pooled, [x.contiguous(memory_format=CL) for x in xs], [gy.contiguous(memory_format=CL) for gy in gys])
+    cl = [t.contiguous(memory_format=CL) for t in xs + gys]
+    out, g = _grads(pooled, cl[:2], cl[2:])
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     _close(out, ref_out, tol)
     _close(g, ref_g, tol)

@@ -11,8 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv", "depthwise_conv_into", "depthwise_weight_grad", "linear_nt", "dilated_depthwise_conv", "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d",
-           "InplaceBackwardGELU"]
+__all__ = [
+    "depthwise_conv", "depthwise_conv_into", "depthwise_weight_grad", "dilated_depthwise_conv", "linear_nt",
+    "PhaseDilatedConv2d", "PointwiseConv2d", "DepthwiseConv2d", "InplaceBackwardGELU",
+]
 
 _CL = torch.channels_last
 
@@ -29,7 +31,8 @@ def _probe_mkldnn() -> bool:
         y = torch.ops.mkldnn._convolution_pointwise(x, w, None, [1, 1], [1, 1], [1, 1], 2, "gelu", [], "none")
         a, m = torch.randn(5, 4), torch.randn(3, 4)
         z = torch.ops.mkldnn._linear_pointwise(a, m, None, "none", [], "")
-        return bool(torch.allclose(y, F.gelu(F.conv2d(x, w, None, 1, 1, 1, 2)), atol=1e-5) and torch.allclose(z, a @ m.t(), atol=1e-5))
+        conv_ok = torch.allclose(y, F.gelu(F.conv2d(x, w, None, 1, 1, 1, 2)), atol=1e-5)
+        return bool(conv_ok and torch.allclose(z, a @ m.t(), atol=1e-5))
     except Exception:  # op missing on this build
         return False
 
@@ -71,17 +74,15 @@ def depthwise_weight_grad(g: torch.Tensor, x: torch.Tensor, k: int, padding: int
     Taps past k (the last block's overhang) read extra zero padding and are dropped.
     """
     C = x.shape[1]
-    w3 = x.new_empty(C, 1, 3, 3)  # only its shape is used
 
-    def grad3(xs, pad):
+    def wgrad(xs, kk, pad):  # oneDNN's weight gradient of a kk x kk depthwise conv
+        w = x.new_empty(C, 1, kk, kk)  # only its shape is used
         return torch.ops.aten.convolution_backward(
-            g, xs, w3, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], C, [False, True, False]
+            g, xs, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], C, [False, True, False]
         )[1]
 
     if k <= 3:
-        return grad3(x, padding) if k == 3 else torch.ops.aten.convolution_backward(
-            g, x, x.new_empty(C, 1, k, k), None, [1, 1], [padding] * 2, [1, 1], False, [0, 0], C, [False, True, False]
-        )[1]
+        return wgrad(x, k, padding)
     nb = -(-k // 3)
     extra = 3 * nb - k
     Ho, Wo = g.shape[-2:]
@@ -89,7 +90,8 @@ def depthwise_weight_grad(g: torch.Tensor, x: torch.Tensor, k: int, padding: int
     gw = x.new_empty(C, 1, 3 * nb, 3 * nb)
     for a in range(nb):
         for b in range(nb):
-            gw[:, :, 3 * a : 3 * a + 3, 3 * b : 3 * b + 3] = grad3(xp[:, :, 3 * a : 3 * a + Ho + 2, 3 * b : 3 * b + Wo + 2], 0)
+            xs = xp[:, :, 3 * a : 3 * a + Ho + 2, 3 * b : 3 * b + Wo + 2]
+            gw[:, :, 3 * a : 3 * a + 3, 3 * b : 3 * b + 3] = wgrad(xs, 3, 0)
     return gw[:, :, :k, :k].contiguous()
 
 
@@ -132,7 +134,9 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
 
 
-def depthwise_conv_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int):
+def depthwise_conv_into(
+    out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: int
+) -> torch.Tensor:
     """``out[:] = F.conv2d(x, weight, bias, 1, padding, 1, C)`` without a fresh output tensor.
 
     out, x: channels-last (B, C, H, W) with the same shape, not overlapping; weight (C, 1, k, k).

@@ -12,7 +12,7 @@ from rsvision.models.backbones.lsknet import LSKAttention, Mlp
 from rsvision.models.fast.inference import _backbones
 from rsvision.models.fast.ops import (
     _CL, DepthwiseConv2d, InplaceBackwardGELU, PhaseDilatedConv2d, PointwiseConv2d, _tracing, depthwise_conv_into,
-    linear_nt,
+    depthwise_weight_grad, linear_nt,
 )
 from rsvision.models.fast.pool import POOL
 
@@ -134,14 +134,14 @@ class _PooledFFN(torch.autograd.Function):
     """The FFN ``fc2(gelu(dw(fc1(x))))`` (``gated``: HAKSNet's ``linear2(dw(h1) * h2)``) on pooled buffers.
 
     Its hidden maps are 4-8x the block width ((8, 256, 64, 64) = 32 MiB at 8x256^2), each a fresh
-    mmap page-faulted in on every step (see ``pool``). Here forward writes them into buffers
-    from ``pool.POOL`` (GEMMs and depthwise conv with ``out=``), backward overwrites each buffer with a
+    mmap page-faulted in on every step (see ``pool``). Here forward writes them into buffers from
+    ``pool.POOL`` (GEMMs and depthwise conv with ``out=``); backward overwrites each buffer with a
     gradient once its value is dead (dL/da into a, dL/dd into d, dL/dh into h after the depthwise
     weight gradient: the input gradient of a stride-1 depthwise conv is the conv with the flipped
-    kernel) and gives the
-    buffers back. They return to the pool only after backward, so several forwards before one
-    backward (a siamese encoder) are safe; a second backward through the same graph raises.
-    x: channels-last (B, C, H, W); w1: (k * hidden, C) with k = 2 if gated else 1; wd: (hidden, 1, 3, 3); w2: (C, hidden).
+    kernel) and gives the buffers back. They return to the pool only after backward, so several
+    forwards before one backward (a siamese encoder) are safe; a second backward through the same
+    graph raises. x: channels-last (B, C, H, W); w1: (k * hidden, C) with k = 2 if gated else 1;
+    wd: (hidden, 1, kd, kd), kd odd; w2: (C, hidden).
     """
 
     @staticmethod
@@ -193,9 +193,7 @@ class _PooledFFN(torch.autograd.Function):
         else:
             torch.ops.aten.gelu_backward.grad_input(a, d, grad_input=d)  # d := dL/dd
             gd = d
-        gwd = torch.ops.aten.convolution_backward(
-            _cl(gd, B, H, W), _cl(h, B, H, W), wd, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], hid, [False, True, False]
-        )[1]
+        gwd = depthwise_weight_grad(_cl(gd, B, H, W), _cl(h, B, H, W), k, k // 2)
         gbd = gd.sum(0)
         depthwise_conv_into(_cl(h, B, H, W), _cl(gd, B, H, W), wd.flip(-1, -2), None, k // 2)  # h := dL/dh
         gx = linear_nt(h, w1[:hid].t().contiguous())
@@ -223,7 +221,8 @@ class PooledMlp(Mlp):
             return super().forward(x)
         dw = self.dwconv.dwconv
         return _PooledFFN.apply(
-            x, self.fc1.weight.flatten(1), self.fc1.bias, dw.weight, dw.bias, self.fc2.weight.flatten(1), self.fc2.bias, False
+            x, self.fc1.weight.flatten(1), self.fc1.bias, dw.weight, dw.bias,
+            self.fc2.weight.flatten(1), self.fc2.bias, False,
         )
 
 
@@ -236,7 +235,8 @@ class PooledPartialConvMlp(PartialConvMlp):
         x1, x2 = torch.split(x, [self.dim_conv, x.shape[1] - self.dim_conv], dim=1)
         z = torch.cat([self.partial_conv3(x1), x2], dim=1).contiguous(memory_format=_CL)
         l1, l2, dw = self.linear1, self.linear2, self.dwconv
-        return _PooledFFN.apply(z, l1.weight.flatten(1), l1.bias, dw.weight, dw.bias, l2.weight.flatten(1), l2.bias, True)
+        w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
+        return _PooledFFN.apply(z, w1, l1.bias, dw.weight, dw.bias, w2, l2.bias, True)
 
 
 def optimize_for_training(model: nn.Module, inplace: bool = False, recompute_ffn: bool = False) -> nn.Module:
