@@ -6,7 +6,8 @@ page-faults all of them in again. Measured on a 2-core EPYC (2 threads): a fresh
 filled once 8.4 ms, the same fill into a warm buffer 0.5 ms; a (8, 256, 64, 64) depthwise conv
 13.2 ms fresh vs 5.7 ms into a warm buffer. The training FFN takes its hidden buffers from here
 and gives them back after its backward, so they stay mapped from one step to the next without
-changing the process-wide allocator.
+changing the process-wide allocator (``rsvision.runtime.keep_freed_memory`` is the
+process-wide alternative the CLI applies).
 """
 from __future__ import annotations
 

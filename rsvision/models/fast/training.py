@@ -113,14 +113,19 @@ class TiledMlp(Mlp):
         return _TiledFFN.apply(x, self.fc1.weight, self.fc1.bias, dw.weight, dw.bias, self.fc2.weight, self.fc2.bias, False)
 
 
+def _partial_conv(m: PartialConvMlp, x: torch.Tensor) -> torch.Tensor:
+    """HAKSNet's partial 3x3 conv on the first C/4 channels, the rest passed through (channels-last)."""
+    x1, x2 = torch.split(x, [m.dim_conv, x.shape[1] - m.dim_conv], dim=1)
+    return torch.cat([m.partial_conv3(x1), x2], dim=1).contiguous(memory_format=_CL)
+
+
 class TiledPartialConvMlp(PartialConvMlp):
     """HAKSNet ``PartialConvMlp`` (same parameters and keys) with its gated FFN tiled on CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _tiled_ok(x):
             return super().forward(x)
-        x1, x2 = torch.split(x, [self.dim_conv, x.shape[1] - self.dim_conv], dim=1)
-        z = torch.cat([self.partial_conv3(x1), x2], dim=1).contiguous(memory_format=_CL)
+        z = _partial_conv(self, x)
         l1, l2, dw = self.linear1, self.linear2, self.dwconv
         return _TiledFFN.apply(z, l1.weight, l1.bias, dw.weight, dw.bias, l2.weight, l2.bias, True)
 
@@ -232,8 +237,7 @@ class PooledPartialConvMlp(PartialConvMlp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _pooled_ok(x, self):
             return super().forward(x)
-        x1, x2 = torch.split(x, [self.dim_conv, x.shape[1] - self.dim_conv], dim=1)
-        z = torch.cat([self.partial_conv3(x1), x2], dim=1).contiguous(memory_format=_CL)
+        z = _partial_conv(self, x)
         l1, l2, dw = self.linear1, self.linear2, self.dwconv
         w1, w2 = l1.weight.flatten(1), l2.weight.flatten(1)
         return _PooledFFN.apply(z, w1, l1.bias, dw.weight, dw.bias, w2, l2.bias, True)
