@@ -1,4 +1,10 @@
-"""Process-level CPU settings: keep freed memory in the heap (glibc ``mallopt``).
+"""Process-level settings: devices (the one parser every command uses) and freed memory kept in the heap.
+
+Devices: ``auto | cpu | cuda | cuda:<i> | mps`` is parsed once, by :func:`parse_device` into
+Lightning's ``(accelerator, devices)`` for training and by :func:`resolve_device` into a
+``torch.device`` for evaluation and prediction (``cuda:1`` stays ``cuda:1``).
+
+Memory (glibc ``mallopt``):
 
 Why: PyTorch's CPU tensors come from ``malloc``. glibc serves blocks above its mmap threshold
 (128 KiB growing to at most 32 MiB) with fresh ``mmap`` calls and hands them back to the OS on
@@ -24,7 +30,7 @@ import logging
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "apply_env_malloc", "allocator_mode", "glibc"]
+__all__ = ["keep_freed_memory", "apply_env_malloc", "allocator_mode", "glibc", "parse_device", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,61 @@ _M_TRIM_THRESHOLD = -1  # <malloc.h>
 _M_MMAP_MAX = -4
 _ENV = "RSVISION_MALLOC"
 _kept = False  # keep_freed_memory() applied in this process
+_DEVICE_HELP = "expected auto, cpu, cuda, cuda:<index> or mps"
+
+
+def _device_error(device):
+    from rsvision.errors import ConfigError
+
+    return ConfigError(f"bad device {device!r}: {_DEVICE_HELP}")
+
+
+def parse_device(device) -> tuple:
+    """``auto|cpu|cuda|cuda:i[,j]|mps`` -> Lightning ``(accelerator, devices)``.
+
+    >>> parse_device("cuda:1")
+    ('gpu', [1])
+    >>> parse_device("cpu")
+    ('cpu', 'auto')
+    """
+    d = str(device or "auto").strip().lower()
+    if d in ("auto", "cpu", "mps"):
+        return d, "auto"
+    if d in ("cuda", "gpu"):
+        return "gpu", "auto"
+    if d.startswith(("cuda:", "gpu:")):
+        try:
+            return "gpu", [int(i) for i in d.split(":", 1)[1].split(",")]
+        except ValueError as exc:
+            raise _device_error(device) from exc
+    raise _device_error(device)
+
+
+def resolve_device(device=None):
+    """``auto`` (CUDA when available) / ``cpu`` / ``cuda[:i]`` / ``mps`` / a torch.device -> ``torch.device``.
+
+    Raises ConfigError for a malformed name or a CUDA device this machine does not have.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    accelerator, devices = parse_device(device)
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator == "gpu":
+        if not torch.cuda.is_available():
+            from rsvision.errors import ConfigError
+
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        if devices == "auto":
+            return torch.device("cuda")
+        if len(devices) != 1 or devices[0] >= torch.cuda.device_count():
+            from rsvision.errors import ConfigError
+
+            raise ConfigError(f"device {device!r}: give one CUDA index below {torch.cuda.device_count()}")
+        return torch.device("cuda", devices[0])
+    return torch.device(accelerator)
 
 
 def glibc() -> ctypes.CDLL | None:

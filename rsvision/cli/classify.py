@@ -10,7 +10,7 @@ from rich.table import Table
 from rsvision.cli._common import (
     BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, EvalDataOpt, ImgSizeOpt, InputsArg,
     JsonOpt, MaxTimeOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, TopKOpt,
-    console, expand_inputs, load_config, print_metrics, train_overrides, write_json,
+    console, load_config, print_metrics, train_overrides,
 )
 
 app = typer.Typer(help="Scene classification: train, evaluate, predict.", no_args_is_help=True)
@@ -40,20 +40,20 @@ def train(
     seed: SeedOpt = None, max_time: MaxTimeOpt = None, set_: SetOpt = None,
 ) -> None:
     """Train a classifier into a run directory (best/last.ckpt, config.yaml, metrics.csv, plots)."""
-    from rsvision.tasks.classification import ClassifyConfig, train_classifier
+    from rsvision.tasks import train as train_task
+    from rsvision.tasks.classification import ClassifyConfig
 
     overrides = train_overrides(set_=set_, data=data, model=model, img_size=img_size, epochs=epochs,
                                 batch_size=batch_size, out=out, resume=resume, pretrained=pretrained,
                                 device=device, precision=precision, seed=seed, max_time=max_time)
     cfg = load_config(config, ClassifyConfig, overrides)
     console.print(f"[bold]classify train[/] {cfg.model.name} on {cfg.data.root or cfg.data.csv} -> {cfg.trainer.out}")
-    result = train_classifier(cfg)
-    for split in ("test", "val"):
-        if split in result:
-            m = result[split]
-            print_metrics(m, title=f"{split} split ({Path(m['checkpoint']).name})")
-            console.print(f"{split}: {_summary(m)}; metrics in {Path(cfg.trainer.out) / f'{split}_metrics.json'}")
-            break
+    result = train_task(cfg)
+    m = result.test
+    if m is not None:
+        split = m["split"]
+        print_metrics(m, title=f"{split} split ({Path(m['checkpoint']).name})")
+        console.print(f"{split}: {_summary(m)}; metrics in {Path(cfg.trainer.out) / f'{split}_metrics.json'}")
     console.print(f"run directory: [bold]{cfg.trainer.out}[/]")
 
 
@@ -69,21 +69,14 @@ def eval_(
                                                            "else next to the checkpoint).")] = None,
 ) -> None:
     """Evaluate a checkpoint: OA, AA, kappa, per-class accuracy, confusion matrix (PNG, JSON)."""
-    from torch.utils.data import DataLoader
-
     from rsvision.errors import ConfigError
-    from rsvision.tasks.classification import eval_dataset, evaluate, load_classifier
-    from rsvision.tasks.common import parse_device
+    from rsvision.tasks import evaluate, load_task
 
     if data is None:
         raise ConfigError("eval needs --data DIR (class folders) or --data labels.csv")
-    task = load_classifier(checkpoint)
-    if split is not None and split_file is None:
-        split_file = checkpoint.parent / "splits.csv"
-    ds = eval_dataset(task, data, split_file, split, skip_bad, eval_size)
-    acc, _ = parse_device(device or "cpu")
-    dev = "cuda" if acc == "gpu" else "cpu"
-    metrics = evaluate(task, DataLoader(ds, batch_size=batch_size or 32), dev, progress=True, tta=tta)
+    task = load_task(checkpoint, device or "cpu")
+    metrics = evaluate(task, data, split=split, split_file=split_file, batch_size=batch_size or 32, tta=tta,
+                       eval_size=eval_size, skip_bad=skip_bad, progress=True)
     metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta,
                    eval_size=eval_size or task.hparams.get("eval_size"))
     print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),
@@ -106,13 +99,10 @@ def predict(
     batch_size: BatchSizeOpt = None, device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
 ) -> None:
     """Top-k classes with probabilities for images (files, folders, globs)."""
-    from rsvision.tasks.classification import load_classifier, predict_images
-    from rsvision.tasks.common import parse_device
+    from rsvision.tasks import load_task, predict as predict_task
 
-    task = load_classifier(checkpoint)
-    paths = expand_inputs(inputs)
-    acc, _ = parse_device(device or "cpu")
-    preds = predict_images(task, paths, batch_size or 16, top_k, "cuda" if acc == "gpu" else "cpu", skip_bad)
+    task = load_task(checkpoint, device or "cpu")
+    preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad))
     t = Table(title=f"{checkpoint.name}: top-{top_k}" + (" (multi-label)" if task.multilabel else ""))
     t.add_column("image")
     for i in range(min(top_k, len(task.classes))):
@@ -124,14 +114,4 @@ def predict(
         t.add_row(Path(p["path"]).name, *[f"{c} {100 * q:.1f}%" for c, q in p["top"]])
     console.print(t)
     if out is not None:
-        import csv
-
-        out.mkdir(parents=True, exist_ok=True)
-        write_json({"task": "classify", "classes": task.classes, "predictions": preds}, out / "predictions.json")
-        with open(out / "predictions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "class", "probability"])
-            for p in preds:
-                if "top" in p:
-                    w.writerow([p["path"], p["top"][0][0], f"{p['top'][0][1]:.6f}"])
         console.print(f"predictions written to [bold]{out}[/]")

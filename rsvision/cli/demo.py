@@ -51,7 +51,8 @@ def classify(
     import time
 
     from rsvision.data.synthetic.scenes import make_scene_dataset
-    from rsvision.tasks.classification import ClassifyConfig, load_classifier, predict_images, train_classifier
+    from rsvision.tasks import load_task, predict, train
+    from rsvision.tasks.classification import ClassifyConfig
 
     base = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="rsvision-demo-"))
     data, run = base / "scenes", base / "run"
@@ -62,17 +63,17 @@ def classify(
     cfg = ClassifyConfig()
     cfg.data.root, cfg.data.img_size, cfg.data.batch_size = str(data), img_size, 16
     cfg.model.name = model
-    cfg.optim.lr, cfg.optim.warmup_epochs = 2e-3, 0.5
+    cfg.optim.lr, cfg.optim.warmup_steps = 2e-3, 2  # half of the 4 steps per epoch
     t = cfg.trainer
     t.out, t.max_epochs, t.threads, t.device, t.max_time, t.log_every_n_steps = str(run), epochs, threads or None, "cpu", 3, 2
     console.print(f"[bold]2.[/] training {model} for {epochs} epochs -> {run}")
-    result = train_classifier(cfg)
-    m = result.get("test") or result.get("val")
-    task = load_classifier(result["best"] or result["last"])
+    result = train(cfg)
+    m = result.test
+    task = load_task(result.checkpoint)
     rows = [(line.split(",")[1], line.split(",")[2].strip())
             for line in (run / "splits.csv").read_text().splitlines()[1:] if line.startswith("test,")]
     sample = rows[:: max(1, len(rows) // 8)][:8]
-    preds = predict_images(task, [data / p for p, _ in sample], top_k=2)
+    preds = list(predict(task, [data / p for p, _ in sample], top_k=2))
     tb = Table(title="3. predictions on held-out test images")
     for c in ("image", "true", "predicted", "probability", "runner-up"):
         tb.add_column(c)

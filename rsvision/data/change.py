@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rsvision.data.raster import IMAGE_EXTENSIONS, read_image, read_rasterio
+from rsvision.data.raster import IMAGE_EXTENSIONS, read_image
 from rsvision.data.segmentation import augment_flips, random_crop, read_mask
 from rsvision.errors import DataError
 
 __all__ = [
     "CHANGE_CLASSES", "ChangeItem", "find_change_triplets", "find_sparse_scene", "find_change_items",
-    "read_raster", "read_binary_label", "sparse_label", "split_label", "ChangeDataset",
+    "read_binary_label", "sparse_label", "split_label", "ChangeDataset",
 ]
 
 CHANGE_CLASSES = ["unchanged", "changed"]
@@ -41,16 +41,6 @@ class ChangeItem:
     b: Path
     label: Path | np.ndarray | None
     name: str = ""
-
-
-def read_raster(path: str | Path, bands: Sequence[int] | None = None) -> np.ndarray:
-    """``(C, H, W)`` of any raster: image formats via :func:`read_image`, others (ENVI, ...) via rasterio."""
-    path = Path(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return read_image(path, bands)
-    if not path.is_file():
-        raise DataError("no such raster file", path=path)
-    return read_rasterio(path, bands)
 
 
 def read_binary_label(path: str | Path) -> np.ndarray:
@@ -183,7 +173,7 @@ class ChangeDataset(Dataset):
         if i in self._cache:
             return self._cache[i]
         it = self.items[i]
-        a, b = read_raster(it.a, self.bands), read_raster(it.b, self.bands)
+        a, b = read_image(it.a, self.bands), read_image(it.b, self.bands)
         if a.shape != b.shape:
             raise DataError(f"dates differ in shape: {a.shape} ({it.a.name}) vs {b.shape}", path=it.b)
         if it.label is None:

@@ -406,7 +406,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self._ready = True
 
     def _loader(self, name: str, train: bool) -> DataLoader:
-        from rsvision.tasks.common import SeededRandomSampler
+        from rsvision.data.samplers import SeededRandomSampler
 
         ds = self.datasets[name]
         bs = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)

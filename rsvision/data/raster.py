@@ -8,22 +8,28 @@ uint16 Sentinel-2 and float reflectance are handled alike and the statistics sto
 checkpoint are exactly what ``predict`` must apply. A corrupt or truncated file raises
 :class:`~rsvision.errors.DataError` naming it (callers may catch it to skip the file).
 
-Large scenes are *not* read here: use :mod:`rsvision.data.tiling` (windowed reads).
+Large scenes are read window by window through a *source* (:func:`open_source`): a
+:class:`RasterSource` (any GDAL raster, lazily, with its nodata / alpha mask), an
+:class:`ArraySource` (an in-memory array) or a :class:`PairSource` (two co-registered dates);
+windows come from :mod:`rsvision.data.tiling`.
 """
 from __future__ import annotations
 
+import glob
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
+from rsvision.data.tiling import Window
 from rsvision.errors import BandMismatchError, DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "RasterInfo", "is_image_file", "read_image", "read_info",
-    "compute_band_stats", "normalize", "BandStats",
+    "compute_band_stats", "normalize", "BandStats", "expand_inputs", "ArraySource", "RasterSource", "PairSource", "open_source",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jp2")
@@ -105,8 +111,8 @@ def read_image(path: str | Path, bands: Sequence[int] | None = None) -> np.ndarr
     path = Path(path)
     if not path.is_file():
         raise DataError("no such image file", path=path)
-    if path.suffix.lower() in _RASTERIO_EXT:
-        return read_rasterio(path, bands)
+    if path.suffix.lower() in _RASTERIO_EXT or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return read_rasterio(path, bands)  # GeoTIFF, and any other GDAL format (ENVI, ...)
     arr = _read_pil(path)
     if bands is not None:
         if max(bands) >= arr.shape[0]:
@@ -202,3 +208,148 @@ def normalize(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> n
     m = np.asarray(mean, dtype=np.float32).reshape(c, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(c, 1, 1)
     return (arr.astype(np.float32) - m) / s
+
+
+def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str] | None = None,
+                  recursive: bool = False) -> list[Path]:
+    """Files, folders (their image files, sorted) and glob patterns -> de-duplicated file list.
+
+    Raises DataError naming the first input that matches nothing.
+    """
+    exts = {e.lower() for e in (IMAGE_EXTENSIONS if extensions is None else extensions)}
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        rp = p.resolve()
+        if rp not in seen:
+            seen.add(rp)
+            out.append(p)
+
+    for item in inputs:
+        p = Path(item)
+        found: list[Path] = []
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            found = sorted(q for q in it if q.is_file() and q.suffix.lower() in exts)
+        elif p.is_file():
+            found = [p]
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(str(item), recursive=True)
+                           if Path(q).is_file() and Path(q).suffix.lower() in exts)
+        if not found:
+            raise DataError("no input images found", path=item)
+        for q in found:
+            add(q)
+    return out
+
+
+# --- windowed sources ------------------------------------------------------------------------
+class ArraySource:
+    """An in-memory ``(C, H, W)`` image (or ``(2, C, H, W)`` pair) read window by window."""
+
+    def __init__(self, array: np.ndarray | torch.Tensor):
+        self.array = array
+        self.height, self.width = int(array.shape[-2]), int(array.shape[-1])
+        self.count = int(array.shape[-3])
+        self.transform = None
+        self.crs = None
+        self.path = None
+
+    def read(self, w: Window) -> np.ndarray:
+        a = self.array[..., w.y0 : w.y1, w.x0 : w.x1]
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        return a.astype(np.float32, copy=False)
+
+    def valid(self, w: Window) -> np.ndarray:
+        return np.ones((w.height, w.width), bool)
+
+
+class RasterSource:
+    """A raster file (GeoTIFF, ENVI, PNG, JPEG, ... anything GDAL opens) read lazily by windows.
+
+    ``bands`` are 1-based band indexes to read (default: all except an alpha band). ``valid``
+    comes from GDAL's dataset mask, which covers nodata values and alpha.
+    """
+
+    def __init__(self, path: str | Path, bands: Sequence[int] | None = None):
+        import rasterio
+        from rasterio.enums import ColorInterp
+        from rasterio.errors import NotGeoreferencedWarning
+
+        self.path = Path(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.ds = rasterio.open(self.path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise DataError(f"cannot open raster: {exc}", path=self.path) from exc
+        if bands is None:
+            bands = [i + 1 for i, ci in enumerate(self.ds.colorinterp) if ci != ColorInterp.alpha] or [1]
+        bad = [b for b in bands if not 1 <= b <= self.ds.count]
+        if bad:
+            raise BandMismatchError(f"band(s) {bad} not in a {self.ds.count}-band raster", path=self.path)
+        self.bands = list(bands)
+        self.count = len(self.bands)
+        self.height, self.width = self.ds.height, self.ds.width
+        georef = self.ds.crs is not None or not self.ds.transform.is_identity
+        self.transform = self.ds.transform if georef else None
+        self.crs = self.ds.crs
+        self.has_mask = self.ds.nodata is not None or any(ci == ColorInterp.alpha for ci in self.ds.colorinterp)
+
+    def read(self, w: Window) -> np.ndarray:
+        from rasterio.windows import Window as RWindow
+
+        try:
+            return self.ds.read(self.bands, window=RWindow(w.x0, w.y0, w.width, w.height)).astype(np.float32)
+        except Exception as exc:  # truncated / corrupt files fail here, not at open
+            raise DataError(f"cannot read window {w}: {exc}", path=self.path) from exc
+
+    def valid(self, w: Window) -> np.ndarray:
+        if not self.has_mask:
+            return np.ones((w.height, w.width), bool)
+        from rasterio.windows import Window as RWindow
+
+        return self.ds.dataset_mask(window=RWindow(w.x0, w.y0, w.width, w.height)) > 0
+
+    def close(self) -> None:
+        self.ds.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PairSource:
+    """Two co-registered sources read as ``(2, C, h, w)`` pairs (date A, date B)."""
+
+    def __init__(self, a, b):
+        if (a.height, a.width) != (b.height, b.width):
+            raise DataError(f"pair sizes differ: {a.height}x{a.width} vs {b.height}x{b.width}", path=getattr(b, "path", None))
+        if a.count != b.count:
+            raise BandMismatchError(f"pair band counts differ: {a.count} vs {b.count}", path=getattr(b, "path", None))
+        self.a, self.b = a, b
+        self.height, self.width, self.count = a.height, a.width, a.count
+        self.transform, self.crs, self.path = a.transform, a.crs, a.path
+
+    def read(self, w: Window) -> np.ndarray:
+        return np.stack([self.a.read(w), self.b.read(w)], 0)
+
+    def valid(self, w: Window) -> np.ndarray:
+        return self.a.valid(w) & self.b.valid(w)
+
+    def close(self) -> None:
+        for s in (self.a, self.b):
+            if hasattr(s, "close"):
+                s.close()
+
+
+def open_source(x: Any, bands: Sequence[int] | None = None):
+    """Array/tensor -> :class:`ArraySource`; path -> :class:`RasterSource`; source -> itself."""
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        return ArraySource(x)
+    if isinstance(x, (str, Path)):
+        return RasterSource(x, bands)
+    return x

@@ -1,1 +1,8 @@
-"""Lightning modules and datamodules, one file per task family."""
+"""Tasks: one LightningModule per task family on one contract (:mod:`rsvision.tasks.base`).
+
+``train(config) -> RunResult``, ``load_task(path)``, ``evaluate(task, data)``, ``predict(task, inputs, out)``
+work the same for every registered task (``classify``, ``detect``, ``segment``, ``change``).
+"""
+from rsvision.tasks.base import (  # noqa: F401
+    TASKS, BaseTask, RunResult, evaluate, load_task, predict, register_task, task_class, train,
+)

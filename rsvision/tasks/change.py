@@ -25,7 +25,8 @@ from rsvision.tasks.segmentation import (
     DenseTask, ModelConfig, OptimConfig, SlidingConfig, _as_list, _overview, _task_kwargs, run_training,
     split_files, write_prediction,
 )
-from rsvision.tasks.sliding import PairSource, RasterSource, iter_blended_strips
+from rsvision.data.raster import PairSource, RasterSource
+from rsvision.tasks.sliding import iter_blended_strips
 
 __all__ = ["ChangeDataConfig", "ChangeModelConfig", "ChangeConfig", "ChangeTask", "ChangeDataModule",
            "train", "predict_pair", "pairs_from_inputs", "eval_dataset"]
@@ -121,9 +122,9 @@ class ChangeDataModule(L.LightningDataModule):
         """Per-band mean / std over both dates of the training pairs (config values win)."""
         if self.cfg.mean is not None and self.cfg.std is not None:
             return list(self.cfg.mean), list(self.cfg.std)
-        from rsvision.data.change import read_raster
+        from rsvision.data.raster import read_image
 
-        imgs = (read_raster(p, self.cfg.bands) for it in self.train_items[:16] for p in (it.a, it.b))
+        imgs = (read_image(p, self.cfg.bands) for it in self.train_items[:16] for p in (it.a, it.b))
         st = compute_band_stats(imgs)
         return list(st.mean), list(st.std)
 

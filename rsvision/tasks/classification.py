@@ -2,38 +2,38 @@
 
 The checkpoint's ``hyper_parameters`` are everything ``predict`` needs (CONVENTIONS): model name and
 config, class names, band indices and count, per-band mean/std (pixel units), image size, resize
-policy and eval size. :func:`load_classifier` rebuilds the model from them alone (``weights_only=True``).
+policy and eval size; :func:`rsvision.tasks.load_task` rebuilds the task from them alone.
 
-Training: AdamW (no weight decay on norms / biases), linear warmup then cosine per step, label
-smoothing, optional mixup / cutmix (on soft targets, so also multi-label) and an EMA of the weights
+Training: AdamW (timm's parameter groups: no weight decay on norms / biases), linear warmup then
+cosine per step (:mod:`rsvision.config`), label smoothing, optional mixup / cutmix (timm's
+``Mixup``, on soft targets, so also multi-label) and an EMA of the weights (timm's ``ModelEmaV3``)
 that, when enabled, is the model validated, checkpointed for ``predict`` and evaluated.
 """
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-import lightning as L
 import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 from torch import nn
 
 import rsvision  # noqa: F401  (registers lsknet_* / haksnet_* with timm)
-from rsvision.data.classification import ClassificationDataConfig
-from rsvision.errors import CheckpointError
-from rsvision.tasks.common import TrainerOptions, budget_progress
+from rsvision.config import OptimConfig
+from rsvision.data.classification import ClassificationDataConfig, ClassificationDataModule
+from rsvision.errors import CheckpointError, ConfigError
+from rsvision.tasks.base import BaseTask, RunResult, register_task
+from rsvision.tasks.common import TrainerOptions
 
 __all__ = [
-    "ModelConfig", "OptimConfig", "ClassifyConfig", "ClassificationTask", "mix_batch",
-    "classification_metrics", "multilabel_metrics", "evaluate", "dihedral_tta", "load_classifier", "FORMAT_VERSION",
+    "ModelConfig", "ClassifyOptimConfig", "ClassifyConfig", "ClassificationTask", "mix_batch",
+    "classification_metrics", "multilabel_metrics", "dihedral_tta", "eval_dataset",
 ]
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -52,22 +52,16 @@ class ModelConfig:
 
 
 @dataclass
-class OptimConfig:
-    """``optim:`` section."""
+class ClassifyOptimConfig(OptimConfig):
+    """``optim:`` section: the shared one plus label smoothing, mixup / cutmix and the weight EMA."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
+    no_decay_norm_bias: bool = True
     label_smoothing: float = 0.1
     mixup: float = 0.0  # Beta(alpha, alpha) mixup; 0 disables
     cutmix: float = 0.0  # Beta(alpha, alpha) cutmix; 0 disables
     mix_prob: float = 1.0
     ema: bool = False
     ema_decay: float = 0.998
-    # "epochs": cosine over max_epochs; "time": cosine over the trainer's max_time budget (or over
-    # max_epochs if that comes first), so a time-limited run ends annealed whatever the machine speed
-    schedule: str = "epochs"
 
 
 def _classify_trainer() -> TrainerOptions:
@@ -80,7 +74,7 @@ class ClassifyConfig:
 
     data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: ClassifyOptimConfig = field(default_factory=ClassifyOptimConfig)
     trainer: TrainerOptions = field(default_factory=_classify_trainer)
 
 
@@ -89,25 +83,22 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float, pro
     """Mixup or cutmix (chosen 50/50 when both are on) of ``x (N,C,H,W)`` with its reversed batch.
 
     ``y`` are soft targets ``(N, K)``; the returned targets mix by the (cut-area-corrected) lambda.
+    timm's ``Mixup`` does the work (its multi-label path with no smoothing mixes any soft targets);
+    it pairs sample i with N-1-i, so odd batches (a last partial batch) are left unmixed.
     """
-    if (mixup <= 0 and cutmix <= 0) or float(torch.rand(())) >= prob or len(x) < 2:
+    if (mixup <= 0 and cutmix <= 0) or len(x) < 2 or len(x) % 2:
         return x, y
-    use_cut = cutmix > 0 and (mixup <= 0 or float(torch.rand(())) < 0.5)
-    alpha = cutmix if use_cut else mixup
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    xr, yr = x.flip(0), y.flip(0)
-    if use_cut:
-        h, w = x.shape[-2:]
-        ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(0, h, (1,))), int(torch.randint(0, w, (1,)))
-        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-        x = x.clone()
-        x[..., y0:y1, x0:x1] = xr[..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / float(h * w)
-    else:
-        x = lam * x + (1 - lam) * xr
-    return x, lam * y + (1 - lam) * yr
+    mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, label_smoothing=0.0,
+                  num_classes=y.shape[1], multi_label=True)
+    return mixer(x.clone(), y)
+
+
+class _EMA(ModelEmaV3):
+    """timm's EMA with the decay warmed up as ``min(decay, (1 + step) / (10 + step))``, so a short
+    run's average is not dominated by the random initial weights."""
+
+    def get_decay(self, step: int | None = None) -> float:
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
 
 
 def classification_metrics(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -161,34 +152,38 @@ def multilabel_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequ
     }
 
 
-class ClassificationTask(L.LightningModule):
+@register_task
+class ClassificationTask(BaseTask):
     """LightningModule over ``timm.create_model(model["name"], num_classes=, in_chans=)``.
 
-    All arguments are plain types and stored as ``hyper_parameters``; ``data`` keeps the resize
-    policy (``img_size``, ``resize``, ``eval_size``) and band selection that ``predict`` applies.
+    ``data`` holds ``classes``, ``in_chans``, ``mean``, ``std`` (pixel units), ``img_size`` and the
+    resize policy (``resize``, ``eval_size``), ``bands`` and ``multilabel``: what ``predict`` applies.
     """
 
-    def __init__(self, model: dict[str, Any], classes: Sequence[str], in_chans: int, mean: Sequence[float],
-                 std: Sequence[float], img_size: int, resize: int | None = None,
-                 bands: Sequence[int] | None = None, multilabel: bool = False,
-                 optim: dict[str, Any] | None = None, task: str = "classify", format_version: int = FORMAT_VERSION,
-                 eval_size: int | None = None):
-        super().__init__()
-        self.save_hyperparameters()
-        self.classes = list(classes)
-        self.multilabel = bool(multilabel)
-        self.optim_cfg = OptimConfig(**(optim or {}))
-        if self.optim_cfg.schedule not in ("epochs", "time"):
-            from rsvision.errors import ConfigError
+    name = "classify"
+    config_class = ClassifyConfig
+    optim_class = ClassifyOptimConfig
+    monitor, mode = "val/acc", "max"
 
-            raise ConfigError(f"optim.schedule must be 'epochs' or 'time', got {self.optim_cfg.schedule!r}")
-        m = ModelConfig(**{k: v for k, v in model.items() if k in ModelConfig.__dataclass_fields__})
+    def __init__(self, model: dict[str, Any], data: dict[str, Any], optim: dict[str, Any] | None = None):
+        super().__init__(model, data, optim)
+        self.classes = list(self.hparams.classes)
+        self.multilabel = bool(self.hparams.get("multilabel", False))
+        self.ema: _EMA | None = None
+        if self.optim_cfg.ema:
+            self.ema = _EMA(self.model, decay=self.optim_cfg.ema_decay, exclude_buffers=True)
+            self.ema.requires_grad_(False).train()  # its modes follow the task's, as the model's do
+        self._val_cm: torch.Tensor | None = None
+
+    def configure_model(self) -> nn.Module:
+        hp = self.hparams
+        m = ModelConfig(**{k: v for k, v in hp.model.items() if k in ModelConfig.__dataclass_fields__})
         extra = dict(m.kwargs)
         if m.drop_path_rate is not None:
             extra["drop_path_rate"] = m.drop_path_rate
         try:
-            self.model = timm.create_model(m.name, pretrained=False, num_classes=len(self.classes),
-                                           in_chans=in_chans, drop_rate=m.drop_rate, **extra)
+            net = timm.create_model(m.name, pretrained=False, num_classes=len(hp.classes), in_chans=hp.in_chans,
+                                    drop_rate=m.drop_rate, **extra)
         except RuntimeError as exc:  # timm: "Unknown model"
             raise CheckpointError(f"cannot build model {m.name!r}: {exc}") from exc
         self.channels_last = bool(m.channels_last or m.fast)
@@ -196,28 +191,27 @@ class ClassificationTask(L.LightningModule):
             from rsvision.models.fast import optimize_for_training
 
             try:
-                self.model = optimize_for_training(self.model, inplace=True)
+                net = optimize_for_training(net, inplace=True)
             except TypeError as exc:
-                from rsvision.errors import ConfigError
-
                 raise ConfigError(f"model.fast: {exc} (it applies to LSKNet / HAKSNet models only)") from exc
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema: nn.Module | None = None
-        if self.optim_cfg.ema:
-            self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self._val_cm: torch.Tensor | None = None
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
-    # --- model --------------------------------------------------------------------------------
-    def net(self) -> nn.Module:
-        """The network used for evaluation / prediction (the EMA when enabled)."""
-        return self.ema if self.ema is not None else self.model
+    # --- checkpoints ------------------------------------------------------------------------------
+    @classmethod
+    def upgrade_hparams(cls, hp: dict[str, Any]) -> dict[str, Any]:
+        """First release: ``ClassificationTask(model, classes, in_chans, ..., optim, task, format_version)``."""
+        optim = dict(hp.get("optim") or {})
+        if "warmup_epochs" in optim:  # format 1: warmup in epochs, schedule "epochs" | "time"
+            optim.pop("warmup_epochs")
+            optim["schedule"] = {"epochs": "cosine"}.get(optim.get("schedule", "cosine"), optim.get("schedule"))
+        hp["optim"] = optim
+        return hp
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net()(self._fmt(x))
-
-    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def upgrade_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Format 1 kept the EMA as a bare copy (``ema.<key>``); timm's EMA nests it (``ema.module.<key>``)."""
+        if any(k.startswith("ema.") and not k.startswith("ema.module.") for k in sd):
+            sd = {("ema.module." + k[4:] if k.startswith("ema.") else k): v for k, v in sd.items()}
+        return sd
 
     def load_pretrained(self, path: str | Path):
         """Load backbone / classifier weights (any format rsvision.models.load_checkpoint takes)."""
@@ -225,10 +219,21 @@ class ClassificationTask(L.LightningModule):
 
         report = load_checkpoint(self.model, path)
         if self.ema is not None:
-            self.ema.load_state_dict(self.model.state_dict())
+            self.ema.module.load_state_dict(self.model.state_dict())
         return report
 
-    # --- training -----------------------------------------------------------------------------
+    # --- model ------------------------------------------------------------------------------------
+    def net(self) -> nn.Module:
+        """The network used for evaluation / prediction (the EMA when enabled)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net()(self._fmt(x))
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # --- training ---------------------------------------------------------------------------------
     def _soft_targets(self, y: torch.Tensor) -> torch.Tensor:
         k = len(self.classes)
         ls = self.optim_cfg.label_smoothing
@@ -255,16 +260,9 @@ class ClassificationTask(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
         return loss
 
-    @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema is None:
-            return
-        # warm the decay up so that a short run's EMA is not dominated by random init weights
-        d = min(self.optim_cfg.ema_decay, (1 + self.global_step) / (10 + self.global_step))
-        ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - d)
-        for be, b in zip(self.ema.buffers(), self.model.buffers()):
-            be.copy_(b)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
 
     def on_validation_epoch_start(self) -> None:
         k = len(self.classes)
@@ -298,30 +296,162 @@ class ClassificationTask(L.LightningModule):
         for k, v in vals.items():
             self.log(k, float(v), on_epoch=True, rank_zero_only=False)
 
-    def configure_optimizers(self):
-        o = self.optim_cfg
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
-        warm = int(round(o.warmup_epochs * total / epochs))
+    # --- training recipe ----------------------------------------------------------------------------
+    @classmethod
+    def build_datamodule(cls, cfg: ClassifyConfig) -> ClassificationDataModule:
+        dm = ClassificationDataModule(cfg.data, seed=cfg.trainer.seed, run_dir=Path(cfg.trainer.out))
+        dm.setup("fit")
+        return dm
 
-        by_time = o.schedule == "time"
+    @classmethod
+    def from_config(cls, cfg: ClassifyConfig, dm: ClassificationDataModule) -> "ClassificationTask":
+        d, t = cfg.data, cfg.trainer
+        if d.multilabel and t.monitor in ("val/acc", "val/aa", "val/kappa"):
+            t.monitor, t.mode = "val/mAP", "max"  # single-label metrics do not exist for multi-label
+        d.classes, d.mean, d.std = list(dm.classes), list(dm.mean), list(dm.std)
+        d.split_file = str(dm.split_file.resolve())
+        d.root = str(Path(d.root).resolve()) if d.root else None
+        d.csv = str(Path(d.csv).resolve()) if d.csv else None
+        data = dict(classes=dm.classes, in_chans=dm.in_chans, mean=dm.mean, std=dm.std, img_size=d.img_size,
+                    resize=d.resize, bands=d.bands, multilabel=d.multilabel, eval_size=d.eval_size)
+        task = cls(model=asdict(cfg.model), data=data, optim=asdict(cfg.optim))
+        if cfg.model.pretrained and not (t.resume and (Path(t.out) / "last.ckpt").exists()):
+            from lightning.pytorch.utilities import rank_zero_info
 
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            t = min((step - warm) / max(total - warm, 1), 1.0)
-            if by_time:
-                t = max(t, budget_progress(self._trainer) or 0.0)
-            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+            rank_zero_info(f"pretrained weights {cfg.model.pretrained}:\n{task.load_pretrained(cfg.model.pretrained)}")
+        return task
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def after_fit(self, cfg: ClassifyConfig, dm: ClassificationDataModule, result: RunResult) -> None:
+        """Score the best checkpoint on the test split (else val): ``<split>_metrics.json`` + confusion PNG."""
+        from rsvision.tasks.base import load_task
+        from rsvision.tasks.common import write_json
+
+        split = "test" if "test" in dm.datasets else "val"
+        if split not in dm.datasets:
+            return
+        task = load_task(result.checkpoint)
+        metrics = task.evaluate(dm.loader(split))
+        metrics.update(split=split, checkpoint=str(result.checkpoint))
+        write_json(metrics, result.run_dir / f"{split}_metrics.json")
+        if not task.multilabel:
+            from rsvision.viz.plots import plot_confusion_matrix
+
+            plot_confusion_matrix(metrics["confusion_matrix"], dm.classes, result.run_dir / "confusion_matrix.png",
+                                  title=f"{split} split, OA {100 * metrics['overall_accuracy']:.1f}%")
+        result.test = metrics
+
+    # --- verbs ------------------------------------------------------------------------------------
+    def evaluate(self, data: Any, split: str | None = None, split_file: str | Path | None = None,
+                 batch_size: int = 32, tta: bool = False, eval_size: int | None = None, skip_bad: bool = False,
+                 progress: bool = False) -> dict[str, Any]:
+        """Metrics JSON (CONVENTIONS) over ``data``: class folders or a multi-label CSV (optionally one
+        ``split`` of ``split_file``, default ``splits.csv`` beside the checkpoint), a dataset or a loader.
+
+        ``tta``: average the probabilities over the 8 flips / 90-degree rotations (``dihedral_tta``).
+        """
+        from torch.utils.data import DataLoader, Dataset
+
+        loader = data
+        if isinstance(data, (str, Path)):
+            if split is not None and split_file is None and getattr(self, "checkpoint_path", None) is not None:
+                split_file = self.checkpoint_path.parent / "splits.csv"
+            data = eval_dataset(self, data, split_file, split, skip_bad, eval_size)
+        if isinstance(data, Dataset):
+            loader = DataLoader(data, batch_size=batch_size)
+        net = self.net().eval()
+        device = self.device
+        k = len(self.classes)
+        cm = torch.zeros(k, k, dtype=torch.long)
+        probs, targets = [], []
+        it = loader
+        if progress:
+            from rich.progress import track
+
+            it = track(loader, description="evaluating", transient=True)
+        for batch in it:
+            x = self._fmt(batch["image"].to(device))
+            with torch.no_grad():
+                if tta:
+                    p = dihedral_tta(lambda t: net(self._fmt(t)), x, self.multilabel).cpu()
+                else:
+                    logits = net(x).float().cpu()
+                    p = torch.sigmoid(logits) if self.multilabel else logits
+            y = batch["label"]
+            if self.multilabel:
+                probs.append(p)
+                targets.append(y)
+            else:
+                cm += torch.bincount(y * k + p.argmax(-1), minlength=k * k).view(k, k)
+        if self.multilabel:
+            return multilabel_metrics(torch.cat(probs), torch.cat(targets), self.classes)
+        return classification_metrics(cm.numpy(), self.classes)
+
+    @torch.inference_mode()
+    def predict(self, inputs: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 16,
+                top_k: int = 5, skip_bad: bool = False, progress: bool = False) -> Iterator[dict]:
+        """Yield ``{"input", "top": [(class, prob), ...], "probs": [...]}`` per image (files, folders, globs).
+
+        Unreadable images raise DataError naming the file, or yield ``{"input", "error"}`` under
+        ``skip_bad``. Multi-label checkpoints give independent sigmoid probabilities. With ``out``,
+        ``predictions.json`` and ``predictions.csv`` (top-1) are written there at the end.
+        """
+        from rsvision.data.classification import Sample
+        from rsvision.data.raster import expand_inputs
+        from rsvision.errors import DataError
+
+        paths = expand_inputs(inputs)
+        ds = _eval_dataset(self, [Sample(str(p), 0) for p in paths])
+        net = self.net().eval()
+        batch: list[torch.Tensor] = []
+        metas: list[dict] = []
+        results: list[dict] = []
+
+        def flush() -> Iterator[dict]:
+            if batch:
+                logits = net(self._fmt(torch.stack(batch).to(self.device))).float().cpu()
+                probs = torch.sigmoid(logits) if self.multilabel else logits.softmax(-1)
+                for meta, p in zip(metas, probs):
+                    v, i = p.topk(min(top_k, len(self.classes)))
+                    meta.update(top=[(self.classes[j], float(q)) for q, j in zip(v, i)], probs=p.tolist())
+                    yield meta
+            batch.clear()
+            metas.clear()
+
+        for i, p in enumerate(paths):
+            try:
+                img = ds[i]["image"]
+            except DataError as exc:
+                if not skip_bad:
+                    raise
+                results.append({"input": str(p), "path": str(p), "error": str(exc)})
+                yield results[-1]
+                continue
+            batch.append(img)
+            metas.append({"input": str(p), "path": str(p)})
+            if len(batch) >= batch_size:
+                for r in flush():
+                    results.append(r)
+                    yield r
+        for r in flush():
+            results.append(r)
+            yield r
+        if out is not None:
+            _write_predictions(self, results, Path(out))
+
+
+def _write_predictions(task: ClassificationTask, preds: list[dict], out: Path) -> None:
+    import csv
+
+    from rsvision.tasks.common import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"task": "classify", "classes": task.classes, "predictions": preds}, out / "predictions.json")
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "class", "probability"])
+        for p in preds:
+            if "top" in p:
+                w.writerow([p["path"], p["top"][0][0], f"{p['top'][0][1]:.6f}"])
 
 
 @torch.inference_mode()
@@ -340,62 +470,8 @@ def dihedral_tta(net: nn.Module, x: torch.Tensor, multilabel: bool = False) -> t
     return out / 8
 
 
-def evaluate(task: ClassificationTask, loader, device: str | torch.device = "cpu",
-             progress: bool = False, tta: bool = False) -> dict[str, Any]:
-    """Metrics JSON (CONVENTIONS) of ``task`` over a loader of ``{"image", "label"}`` batches.
-
-    ``tta``: average the probabilities over the 8 flips / 90-degree rotations (``dihedral_tta``).
-    """
-    net = task.net().to(device).eval()
-    k = len(task.classes)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    probs, targets = [], []
-    it = loader
-    if progress:
-        from rich.progress import track
-
-        it = track(loader, description="evaluating", transient=True)
-    for batch in it:
-        x = task._fmt(batch["image"].to(device))
-        with torch.no_grad():
-            if tta:
-                p = dihedral_tta(lambda t: net(task._fmt(t)), x, task.multilabel).cpu()
-            else:
-                logits = net(x).float().cpu()
-                p = torch.sigmoid(logits) if task.multilabel else logits
-        y = batch["label"]
-        if task.multilabel:
-            probs.append(p)
-            targets.append(y)
-        else:
-            cm += torch.bincount(y * k + p.argmax(-1), minlength=k * k).view(k, k)
-    if task.multilabel:
-        return multilabel_metrics(torch.cat(probs), torch.cat(targets), task.classes)
-    return classification_metrics(cm.numpy(), task.classes)
-
-
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> ClassificationTask:
-    """Rebuild a :class:`ClassificationTask` from an rsvision checkpoint alone (``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("checkpoint not found", path=path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path=path) from exc
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hp or hp.get("task") != "classify":
-        raise CheckpointError("not an rsvision classification checkpoint (no classify hyper_parameters)", path=path)
-    task = ClassificationTask(**hp)
-    try:
-        task.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit {hp['model'].get('name')}: {exc}", path=path) from exc
-    return task.eval()
-
-
-# --- library entry points used by the CLI, the demo and tests --------------------------------------
-def _eval_dataset(task: ClassificationTask, samples, skip_bad: bool = False, eval_size: int | None = None):
+# --- evaluation data ------------------------------------------------------------------------------
+def _eval_dataset(task: "ClassificationTask", samples, skip_bad: bool = False, eval_size: int | None = None):
     from rsvision.data.classification import SceneDataset
     from rsvision.data.transforms import ResizePolicy, SceneTransform
 
@@ -406,13 +482,12 @@ def _eval_dataset(task: ClassificationTask, samples, skip_bad: bool = False, eva
                         in_chans=hp.in_chans)
 
 
-def eval_dataset(task: ClassificationTask, data: str | Path, split_file: str | Path | None = None,
+def eval_dataset(task: "ClassificationTask", data: str | Path, split_file: str | Path | None = None,
                  split: str | None = None, skip_bad: bool = False, eval_size: int | None = None):
     """Dataset of ``data`` (class folders, or a multi-label CSV) with the checkpoint's classes,
     bands, normalisation and resize policy; optionally only ``split`` of ``split_file``.
     ``eval_size`` overrides the checkpoint's (whole image resized to it), e.g. to pick it on val."""
-    from rsvision.data.classification import (Sample, _rel, read_multilabel_csv, read_split_file,
-                                              scan_class_folders)
+    from rsvision.data.classification import Sample, _rel, read_multilabel_csv, read_split_file, scan_class_folders
     from rsvision.errors import DataError
 
     data = Path(data)
@@ -436,101 +511,3 @@ def eval_dataset(task: ClassificationTask, data: str | Path, split_file: str | P
             raise DataError(f"no images of split {split!r} under {data}", path=split_file)
     ds = _eval_dataset(task, samples, skip_bad, eval_size)
     return ds.cache() if skip_bad else ds  # decode up front: bad files dropped, not substituted
-
-
-@torch.inference_mode()
-def predict_images(task: ClassificationTask, paths: Sequence[str | Path], batch_size: int = 16,
-                   top_k: int = 5, device: str | torch.device = "cpu", skip_bad: bool = False) -> list[dict]:
-    """Top-k ``[{"path", "top": [(class, prob), ...], "probs": [...]}]`` per readable image.
-
-    Unreadable images raise DataError naming the file, or are reported with ``"error"`` under
-    ``skip_bad``. Multi-label checkpoints give independent sigmoid probabilities.
-    """
-    from rsvision.data.classification import Sample
-    from rsvision.errors import DataError
-
-    ds = _eval_dataset(task, [Sample(str(p), 0) for p in paths])
-    net = task.net().to(device).eval()
-    out: list[dict] = []
-    batch, metas = [], []
-
-    def flush():
-        if not batch:
-            return
-        logits = net(task._fmt(torch.stack(batch).to(device))).float().cpu()
-        probs = torch.sigmoid(logits) if task.multilabel else logits.softmax(-1)
-        for meta, p in zip(metas, probs):
-            v, i = p.topk(min(top_k, len(task.classes)))
-            meta.update(top=[(task.classes[j], float(q)) for q, j in zip(v, i)], probs=p.tolist())
-            out.append(meta)
-        batch.clear()
-        metas.clear()
-
-    for i, p in enumerate(paths):
-        try:
-            img = ds[i]["image"]
-        except DataError as exc:
-            if not skip_bad:
-                raise
-            out.append({"path": str(p), "error": str(exc)})
-            continue
-        batch.append(img)
-        metas.append({"path": str(p)})
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    return out
-
-
-def train_classifier(cfg: ClassifyConfig, **trainer_overrides: Any) -> dict[str, Any]:
-    """Train per ``cfg`` into the run directory ``cfg.trainer.out``, then score the best checkpoint
-    on the test split (``test_metrics.json`` + ``confusion_matrix.png``). Returns
-    ``{"best", "last", "test"}``. ``trainer_overrides`` go to ``lightning.Trainer``."""
-    from dataclasses import asdict
-
-    from rsvision.data.classification import ClassificationDataModule
-    from rsvision.tasks.common import LAST, build_trainer, fit, set_threads, write_config, write_json
-
-    t = cfg.trainer
-    set_threads(t.threads)
-    L.seed_everything(t.seed, workers=True, verbose=False)  # model init below is part of the run
-    out = Path(t.out)
-    dm = ClassificationDataModule(cfg.data, seed=t.seed, run_dir=out)
-    dm.setup("fit")
-    d = cfg.data
-    if d.multilabel and t.monitor in ("val/acc", "val/aa", "val/kappa"):
-        t.monitor, t.mode = "val/mAP", "max"  # single-label metrics do not exist for multi-label
-    d.classes, d.mean, d.std = list(dm.classes), list(dm.mean), list(dm.std)
-    d.split_file = str(dm.split_file.resolve())
-    d.root = str(Path(d.root).resolve()) if d.root else None
-    d.csv = str(Path(d.csv).resolve()) if d.csv else None
-    write_config(out, cfg)
-    task = ClassificationTask(model=asdict(cfg.model), classes=dm.classes, in_chans=dm.in_chans, mean=dm.mean,
-                              std=dm.std, img_size=d.img_size, resize=d.resize, bands=d.bands,
-                              multilabel=d.multilabel, optim=asdict(cfg.optim), eval_size=d.eval_size)
-    resuming = t.resume and (out / LAST).exists()
-    if cfg.model.pretrained and not resuming:
-        from lightning.pytorch.utilities import rank_zero_info
-
-        rank_zero_info(f"pretrained weights {cfg.model.pretrained}:\n{task.load_pretrained(cfg.model.pretrained)}")
-    trainer = build_trainer(t, **trainer_overrides)
-    best = fit(trainer, task, dm, t)
-    result: dict[str, Any] = {"best": best, "last": str(out / LAST) if (out / LAST).exists() else None}
-    if not trainer.is_global_zero:
-        return result
-    ckpt = best if best and Path(best).exists() else result["last"]
-    if ckpt is None:
-        return result
-    split = "test" if "test" in dm.datasets else "val"
-    if split in dm.datasets:
-        model = load_classifier(ckpt)
-        metrics = evaluate(model, dm.loader(split))
-        metrics.update(split=split, checkpoint=str(ckpt))
-        write_json(metrics, out / f"{split}_metrics.json")
-        if not task.multilabel:
-            from rsvision.viz.plots import plot_confusion_matrix
-
-            plot_confusion_matrix(metrics["confusion_matrix"], dm.classes, out / "confusion_matrix.png",
-                                  title=f"{split} split, OA {100 * metrics['overall_accuracy']:.1f}%")
-        result[split] = metrics
-    return result

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,7 +38,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from rsvision.data.samplers import seed_all
 from rsvision.errors import ConfigError
+from rsvision.runtime import parse_device
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 
 __all__ = [
-    "TrainerOptions", "parse_device", "parse_max_time", "build_trainer", "fit", "resume_path",
-    "write_config", "write_json", "to_plain", "seed_all", "SeededRandomSampler", "SeedEveryStep", "EpochTimeBudget", "budget_progress", "PlotCurvesAtEnd", "set_threads",
+    "TrainerOptions", "parse_max_time", "build_trainer", "fit", "resume_path",
+    "write_config", "write_json", "to_plain", "SeedEveryStep", "EpochTimeBudget", "budget_progress", "PlotCurvesAtEnd", "set_threads",
     "BEST", "LAST", "CONFIG", "METRICS",
 ]
 
@@ -75,8 +76,8 @@ class TrainerOptions:
     precision: str = "32"
     seed: int = 0
     resume: bool = False
-    monitor: str = "val/loss"
-    mode: str = "min"
+    monitor: str | None = None  # None: the task's own (BaseTask.monitor / mode)
+    mode: str | None = None
     progress: str = "rich"  # rich | tqdm | none
     log_every_n_steps: int = 10
     gradient_clip_val: float | None = None
@@ -90,32 +91,6 @@ def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(int(n))
         os.environ.setdefault("OMP_NUM_THREADS", str(int(n)))
-
-
-def parse_device(device: str) -> tuple[str, Any]:
-    """``auto|cpu|cuda|cuda:i|mps`` -> Lightning ``(accelerator, devices)``.
-
-    >>> parse_device("cuda:1")
-    ('gpu', [1])
-    >>> parse_device("cpu")
-    ('cpu', 'auto')
-    """
-    d = str(device or "auto").strip().lower()
-    if d == "auto":
-        return "auto", "auto"
-    if d == "cpu":
-        return "cpu", "auto"
-    if d in ("cuda", "gpu"):
-        return "gpu", "auto"
-    if d.startswith(("cuda:", "gpu:")):
-        try:
-            idx = [int(i) for i in d.split(":", 1)[1].split(",")]
-        except ValueError as exc:
-            raise ConfigError(f"bad device {device!r}: expected auto, cpu, cuda or cuda:<index>") from exc
-        return "gpu", idx
-    if d == "mps":
-        return "mps", "auto"
-    raise ConfigError(f"bad device {device!r}: expected auto, cpu, cuda or cuda:<index>")
 
 
 def parse_max_time(value: float | str | None) -> _dt.timedelta | None:
@@ -169,42 +144,6 @@ def write_config(out: str | Path, config: Any, name: str = CONFIG) -> Path:
         with open(path, "w") as f:
             yaml.safe_dump(to_plain(config), f, sort_keys=False)
     return path
-
-
-def seed_all(*key: int) -> None:
-    """Seed python, numpy and torch from an integer key tuple (mixed through SeedSequence)."""
-    s = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
-class SeededRandomSampler(torch.utils.data.Sampler[int]):
-    """Shuffling sampler whose order depends only on ``(seed, epoch)``: use it for training loaders.
-
-    When its iteration starts (the first batch of an epoch is fetched) it also re-seeds the global
-    RNGs from ``(seed, epoch)``, so the augmentations of the first batch match between an
-    uninterrupted run and a resumed one (later batches are covered by :class:`SeedEveryStep`).
-    Lightning calls :meth:`set_epoch` before every epoch. Exact resume holds for
-    ``num_workers=0``; with workers, resumed runs are statistically but not bitwise equal.
-    """
-
-    def __init__(self, num_samples: int, seed: int = 0):
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 7, self.epoch]).generate_state(1)[0]))
-        order = torch.randperm(self.num_samples, generator=g).tolist()
-        seed_all(self.seed, 8, self.epoch)
-        yield from order
 
 
 def _jsonable(obj: Any) -> Any:
@@ -398,7 +337,7 @@ def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **ov
     # Two callbacks: Lightning 2.6 writes `save_last` only when a top-k checkpoint was written in the
     # same step, but resume needs last.ckpt after every epoch (and after a max_time stop).
     best = ModelCheckpoint(
-        dirpath=str(out), filename=Path(BEST).stem, monitor=opts.monitor, mode=opts.mode, save_top_k=1,
+        dirpath=str(out), filename=Path(BEST).stem, monitor=opts.monitor or "val/loss", mode=opts.mode or "min", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     last = ModelCheckpoint(

@@ -51,7 +51,7 @@ class SceneDetections:
 
 
 def _open(source: Any, bands: Sequence[int] | None):
-    from rsvision.tasks.sliding import open_source
+    from rsvision.data.raster import open_source
 
     return open_source(source, [b + 1 for b in bands] if bands is not None else None)
 

@@ -26,12 +26,14 @@ from torch.utils.data import DataLoader
 
 from rsvision.data.raster import compute_band_stats
 from rsvision.data.segmentation import (
-    SegmentationDataset, colorize, default_palette, find_pairs, get_encoding, overlay,
+    SegmentationDataset, find_pairs, get_encoding,
 )
+from rsvision.viz.masks import colorize, default_palette, overlay
 from rsvision.errors import BandMismatchError, CheckpointError, ConfigError
 from rsvision.tasks.common import TrainerOptions, build_trainer, fit, to_plain, write_config
 from rsvision.tasks.metrics import segmentation_metrics
-from rsvision.tasks.sliding import RasterSource, iter_blended_strips, sliding_window_inference
+from rsvision.data.raster import RasterSource
+from rsvision.tasks.sliding import iter_blended_strips, sliding_window_inference
 
 log = logging.getLogger(__name__)
 

@@ -12,132 +12,17 @@ horizontal and vertical flips.
 """
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from rsvision.data.raster import open_source
 from rsvision.data.tiling import Window, window_starts
-from rsvision.errors import BandMismatchError, DataError
 
-__all__ = [
-    "ArraySource", "RasterSource", "PairSource", "blend_weights", "iter_blended_strips",
-    "sliding_window_inference", "predict_probs", "open_source",
-]
+__all__ = ["blend_weights", "iter_blended_strips", "sliding_window_inference", "predict_probs"]
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-class ArraySource:
-    """An in-memory ``(C, H, W)`` image (or ``(2, C, H, W)`` pair) read window by window."""
-
-    def __init__(self, array: np.ndarray | torch.Tensor):
-        self.array = array
-        self.height, self.width = int(array.shape[-2]), int(array.shape[-1])
-        self.count = int(array.shape[-3])
-        self.transform = None
-        self.crs = None
-        self.path = None
-
-    def read(self, w: Window) -> np.ndarray:
-        a = self.array[..., w.y0 : w.y1, w.x0 : w.x1]
-        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        return a.astype(np.float32, copy=False)
-
-    def valid(self, w: Window) -> np.ndarray:
-        return np.ones((w.height, w.width), bool)
-
-
-class RasterSource:
-    """A raster file (GeoTIFF, ENVI, PNG, JPEG, ... anything GDAL opens) read lazily by windows.
-
-    ``bands`` are 1-based band indexes to read (default: all except an alpha band). ``valid``
-    comes from GDAL's dataset mask, which covers nodata values and alpha.
-    """
-
-    def __init__(self, path: str | Path, bands: Sequence[int] | None = None):
-        import rasterio
-        from rasterio.enums import ColorInterp
-        from rasterio.errors import NotGeoreferencedWarning
-
-        self.path = Path(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.ds = rasterio.open(self.path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise DataError(f"cannot open raster: {exc}", path=self.path) from exc
-        if bands is None:
-            bands = [i + 1 for i, ci in enumerate(self.ds.colorinterp) if ci != ColorInterp.alpha] or [1]
-        bad = [b for b in bands if not 1 <= b <= self.ds.count]
-        if bad:
-            raise BandMismatchError(f"band(s) {bad} not in a {self.ds.count}-band raster", path=self.path)
-        self.bands = list(bands)
-        self.count = len(self.bands)
-        self.height, self.width = self.ds.height, self.ds.width
-        georef = self.ds.crs is not None or not self.ds.transform.is_identity
-        self.transform = self.ds.transform if georef else None
-        self.crs = self.ds.crs
-        self.has_mask = self.ds.nodata is not None or any(ci == ColorInterp.alpha for ci in self.ds.colorinterp)
-
-    def read(self, w: Window) -> np.ndarray:
-        from rasterio.windows import Window as RWindow
-
-        try:
-            return self.ds.read(self.bands, window=RWindow(w.x0, w.y0, w.width, w.height)).astype(np.float32)
-        except Exception as exc:  # truncated / corrupt files fail here, not at open
-            raise DataError(f"cannot read window {w}: {exc}", path=self.path) from exc
-
-    def valid(self, w: Window) -> np.ndarray:
-        if not self.has_mask:
-            return np.ones((w.height, w.width), bool)
-        from rasterio.windows import Window as RWindow
-
-        return self.ds.dataset_mask(window=RWindow(w.x0, w.y0, w.width, w.height)) > 0
-
-    def close(self) -> None:
-        self.ds.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class PairSource:
-    """Two co-registered sources read as ``(2, C, h, w)`` pairs (date A, date B)."""
-
-    def __init__(self, a, b):
-        if (a.height, a.width) != (b.height, b.width):
-            raise DataError(f"pair sizes differ: {a.height}x{a.width} vs {b.height}x{b.width}", path=getattr(b, "path", None))
-        if a.count != b.count:
-            raise BandMismatchError(f"pair band counts differ: {a.count} vs {b.count}", path=getattr(b, "path", None))
-        self.a, self.b = a, b
-        self.height, self.width, self.count = a.height, a.width, a.count
-        self.transform, self.crs, self.path = a.transform, a.crs, a.path
-
-    def read(self, w: Window) -> np.ndarray:
-        return np.stack([self.a.read(w), self.b.read(w)], 0)
-
-    def valid(self, w: Window) -> np.ndarray:
-        return self.a.valid(w) & self.b.valid(w)
-
-    def close(self) -> None:
-        for s in (self.a, self.b):
-            if hasattr(s, "close"):
-                s.close()
-
-
-def open_source(x: Any, bands: Sequence[int] | None = None):
-    """Array/tensor -> :class:`ArraySource`; path -> :class:`RasterSource`; source -> itself."""
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return ArraySource(x)
-    if isinstance(x, (str, Path)):
-        return RasterSource(x, bands)
-    return x
 
 
 def blend_weights(height: int, width: int, kind: str = "triangle", floor: float = 0.05) -> np.ndarray:

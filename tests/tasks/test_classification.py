@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from rsvision.data.synthetic.scenes import make_multilabel_dataset, make_scene_dataset
-from rsvision.tasks.classification import (
-    ClassifyConfig, classification_metrics, load_classifier, mix_batch, predict_images, train_classifier,
-)
+from rsvision.tasks import load_task as load_classifier, predict, train as train_classifier
+from rsvision.tasks.classification import ClassifyConfig, classification_metrics, mix_batch
+
+
+def predict_images(task, paths, **options):
+    return list(predict(task, paths, **options))
 from rsvision.errors import CheckpointError
 
 TINY = "test_resnet"  # timm's ~0.4 M-parameter test model: fast, and any timm name must work
@@ -149,7 +152,8 @@ def test_ddp_two_cpu_processes(scenes, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import torch
         torch.set_num_threads(1)
-        from rsvision.tasks.classification import ClassifyConfig, train_classifier
+        from rsvision.tasks import train as train_classifier
+        from rsvision.tasks.classification import ClassifyConfig
         cfg = ClassifyConfig()
         cfg.data.root, cfg.data.img_size, cfg.data.batch_size = {str(scenes)!r}, 16, 4
         cfg.model.name = {TINY!r}
@@ -206,7 +210,8 @@ def test_eval_size_is_stored_and_overridable(scenes, tmp_path):
 def test_dihedral_tta_is_orientation_invariant(scenes, tmp_path):
     from torch.utils.data import DataLoader
 
-    from rsvision.tasks.classification import dihedral_tta, eval_dataset, evaluate
+    from rsvision.tasks import evaluate
+    from rsvision.tasks.classification import dihedral_tta, eval_dataset
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)).eval()
@@ -229,7 +234,7 @@ def test_shipped_rsscn7_recipe_on_the_real_data(tmp_path):
     60/20/20 split, whole-scene eval at eval_size, and a test pass over all 112 test images."""
     from collections import Counter
 
-    from rsvision.cli._common import load_config
+    from rsvision.config import load_config
     from rsvision.data.classification import read_split_file
     from tests.conftest import ROOT, shared_path
 

@@ -14,7 +14,8 @@ from rsvision.data.synthetic.segmentation import SEG_CLASSES, make_segmentation_
 from rsvision.errors import BandMismatchError
 from rsvision.models.segmentation import Segmentor
 from rsvision.tasks.metrics import confusion_matrix, segmentation_metrics
-from rsvision.tasks.sliding import RasterSource, blend_weights, iter_blended_strips, sliding_window_inference
+from rsvision.data.raster import RasterSource
+from rsvision.tasks.sliding import blend_weights, iter_blended_strips, sliding_window_inference
 
 
 
@@ -236,7 +237,7 @@ def test_overlay_rgb_bands(trained, tmp_path):
     from PIL import Image
 
     from rsvision.cli import app
-    from rsvision.data.segmentation import overlay
+    from rsvision.viz.masks import overlay
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (5, 20, 30)).astype(np.float32)

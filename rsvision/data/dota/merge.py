@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import numpy as np
 import torch
 
 from rsvision.errors import DataError

@@ -7,7 +7,7 @@ here lets each family file contain just the paper's own modules, with the offici
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from rsvision.models.backbones._pyramid import PyramidBackbone, create_pyramid_model, default_cfg
