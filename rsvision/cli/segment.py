@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,7 +11,7 @@ from rich.table import Table
 from rsvision.cli._common import (
     BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, EvalDataOpt, ImgSizeOpt, InputsArg,
     JsonOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, console,
-    expand_inputs, load_config, metrics_table, per_class_table, train_overrides, write_json,
+    load_config, metrics_table, per_class_table, train_overrides, write_json,
 )
 
 app = typer.Typer(help="Semantic segmentation: train, evaluate, predict (sliding windows, GeoTIFF masks).",
@@ -45,18 +45,10 @@ def progress_bar() -> Progress:
                     console=console, transient=True)
 
 
-def device_of(device: str | None) -> str:
-    """``auto`` -> cuda when available, else cpu (inference runs outside Lightning)."""
-    import torch
-
-    d = (device or "auto").lower()
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return d
-
-
-def do_train(cfg_cls: type, train_fn: Callable, defaults: dict, opts: dict) -> None:
+def do_train(cfg_cls: type, defaults: dict, opts: dict) -> None:
     """Shared body of ``segment train`` / ``change train``."""
+    from rsvision.tasks import train as train_fn
+
     cfg = load_config(opts.pop("config"), cfg_cls, train_overrides(**opts), defaults=defaults)
     console.print(f"[bold]training[/] {cfg.model.name} + {cfg.model.decoder} -> {cfg.trainer.out}")
     result = train_fn(cfg)
@@ -64,9 +56,8 @@ def do_train(cfg_cls: type, train_fn: Callable, defaults: dict, opts: dict) -> N
 
     if rank_zero_only.rank != 0:  # DDP workers: the launching process reports
         return
-    t = metrics_table({k: v for k, v in result.items() if k.startswith("val/")}, "Validation (last epoch)")
-    console.print(t)
-    console.print(f"best: [bold]{result['best']}[/]  wall time: {result['seconds']:.1f} s")
+    console.print(metrics_table(result.metrics, "Validation (last epoch)"))
+    console.print(f"best: [bold]{result.best}[/]  wall time: {result.seconds:.1f} s")
 
 
 def print_dense_metrics(m: dict, json_path: Path | None, title: str) -> None:
@@ -77,14 +68,46 @@ def print_dense_metrics(m: dict, json_path: Path | None, title: str) -> None:
         console.print(f"metrics written to [bold]{write_json(m, json_path)}[/]")
 
 
-def print_outputs(rows: list[tuple[str, dict]]) -> None:
+def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool | None, window: int | None,
+                overlap: int | None, device: str | None, rgb: str | None, task_name: str) -> None:
+    """Shared body of ``segment predict`` / ``change predict``: predict, then a table of outputs."""
+    from rsvision.errors import ConfigError
+    from rsvision.tasks import load_task, predict
+
+    task = load_task(checkpoint, device or "auto")
+    if task.name != task_name:
+        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
+    bands = parse_rgb(rgb, task.in_chans)
     t = Table(title="Predictions")
     for col in ("input", "outputs", "class fractions"):
         t.add_column(col)
-    for name, files in rows:
-        frac = ", ".join(f"{c} {v:.1%}" for c, v in files.get("fraction", {}).items() if v > 0)
-        t.add_row(name, "\n".join(v for k, v in files.items() if k != "fraction"), frac)
+    with progress_bar() as bar:
+        def track(name: str):
+            job = bar.add_task(name, total=None)
+            return lambda i, n: bar.update(job, completed=i, total=n)
+
+        for r in predict(task, inputs, out, tta=tta, window=window, overlap=overlap, rgb=bands, progress=track):
+            frac = ", ".join(f"{c} {v:.1%}" for c, v in r["fraction"].items() if v > 0)
+            t.add_row(r["input"], "\n".join(r["files"].values()), frac)
     console.print(t)
+
+
+def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: bool | None, device: str | None,
+             task_name: str, **dataset_options) -> None:
+    """Shared body of ``segment eval`` / ``change eval``."""
+    from rsvision.errors import ConfigError
+    from rsvision.tasks import evaluate, load_task
+
+    if data is None:
+        raise ConfigError(f"{task_name} eval needs --data DIR")
+    task = load_task(checkpoint, device or "auto")
+    if task.name != task_name:
+        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
+    ds = task.eval_dataset(data, **dataset_options)
+    with progress_bar() as bar:
+        job = bar.add_task("evaluating", total=len(ds))
+        m = evaluate(task, ds, tta=tta, progress=lambda i, n: bar.update(job, completed=i))
+    print_dense_metrics(m, json_path, f"{task_name} eval: {data}")
 
 
 @app.command()
@@ -94,47 +117,23 @@ def train(config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None
           seed: SeedOpt = None, set_: SetOpt = None) -> None:
     """Train a segmentor (UperNet / Semantic FPN over any backbone); --model is the backbone."""
     opts = dict(locals())
-    from rsvision.tasks.segmentation import SegmentConfig, train as train_fn
+    from rsvision.tasks.segmentation import SegmentConfig
 
-    defaults = {"trainer": {"out": "runs/segment", "monitor": "val/mIoU", "mode": "max"}}
-    do_train(SegmentConfig, train_fn, defaults, opts)
+    do_train(SegmentConfig, {"trainer": {"out": "runs/segment"}}, opts)
 
 
 @app.command("eval")
 def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = None, tta: TtaOpt = None,
           mask: MaskOpt = None, device: DeviceOpt = None) -> None:
     """Evaluate on image/mask folders (whole images, sliding windows): IoU, mIoU, F1, mF1, OA."""
-    from rsvision.errors import ConfigError
-    from rsvision.tasks.segmentation import eval_dataset, evaluate, load_task
-
-    if data is None:
-        raise ConfigError("segment eval needs --data DIR (with images/ and masks/)")
-    task = load_task(checkpoint, device_of(device))
-    ds = eval_dataset(data, task, mask)
-    with progress_bar() as bar:
-        job = bar.add_task("evaluating", total=len(ds))
-        m = evaluate(task, ds, tta, progress=lambda i, n: bar.update(job, completed=i))
-    print_dense_metrics(m, json, f"segment eval: {data}")
+    run_eval(checkpoint, data, json, tta, device, "segment", mask=mask)
 
 
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None) -> None:
     """Segment images / rasters of any size: colour overlay PNG, and a GeoTIFF mask for georeferenced input."""
-    from rsvision.tasks.segmentation import load_task, predict_file
-
-    task = load_task(checkpoint, device_of(device))
-    bands = parse_rgb(rgb, task.in_chans)
-    files = expand_inputs(inputs)
-    out = out or Path("predictions")
-    rows: list[tuple[str, Any]] = []
-    with progress_bar() as bar:
-        for f in files:
-            job = bar.add_task(f.name, total=None)
-            res = predict_file(task, f, out, tta, window, overlap,
-                               progress=lambda i, n, job=job: bar.update(job, completed=i, total=n), rgb=bands)
-            rows.append((str(f), res))
-    print_outputs(rows)
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment")
 
 
 def register(root: typer.Typer) -> None:

@@ -18,15 +18,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
 
-from rsvision.data.raster import IMAGE_EXTENSIONS, read_image
-from rsvision.data.segmentation import augment_flips, random_crop, read_mask
-from rsvision.errors import DataError
+from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, read_image
+from rsvision.data.segmentation import as_list, augment_flips, random_crop, read_mask, split_files
+from rsvision.errors import ConfigError, DataError
 
 __all__ = [
     "CHANGE_CLASSES", "ChangeItem", "find_change_triplets", "find_sparse_scene", "find_change_items",
-    "read_binary_label", "sparse_label", "split_label", "ChangeDataset",
+    "read_binary_label", "sparse_label", "split_label", "ChangeDataset", "ChangeDataConfig", "ChangeDataModule",
 ]
 
 CHANGE_CLASSES = ["unchanged", "changed"]
@@ -209,3 +210,80 @@ class ChangeDataset(Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(lab, dtype=np.int64)),
             "path": str(self.items[i].a),
         }
+
+
+# --- configuration and the datamodule ----------------------------------------------------------
+@dataclass
+class ChangeDataConfig:
+    """``data:`` section. ``root`` / ``val_root``: folders (or lists) with ``A/ B/ label/`` or a sparse scene.
+
+    Without ``val_root``, pairs are split by file with ``val_fraction``; a single scene (Taizhou) is
+    split spatially: the last ``val_fraction`` of its columns (``split_axis: 1``) or rows validate.
+    """
+
+    root: Any = None
+    val_root: Any = None
+    ignore_index: int = 255
+    img_size: int = 256
+    batch_size: int = 8
+    val_fraction: float = 0.25
+    split_axis: int = 1
+    samples_per_image: int = 1
+    bands: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    num_workers: int = 0
+    a: str = "A"
+    b: str = "B"
+    label: str = "label"
+    changed: str = "change.bmp"
+    unchanged: str = "unchanged.bmp"
+
+
+class ChangeDataModule(L.LightningDataModule):
+    """Random augmented crops of training pairs; whole validation pairs."""
+
+    def __init__(self, cfg: ChangeDataConfig, seed: int = 0):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.train_items, self.val_items = self._split()
+
+    def _items(self, roots) -> list[ChangeItem]:
+        c = self.cfg
+        kw = dict(a=c.a, b=c.b, label=c.label, changed=c.changed, unchanged=c.unchanged, ignore_index=c.ignore_index)
+        return [it for r in as_list(roots) for it in find_change_items(r, **kw)]
+
+    def _split(self) -> tuple[list, list]:
+        c = self.cfg
+        if not as_list(c.root):
+            raise ConfigError("no training data: set data.root (--data DIR)")
+        if c.val_root:
+            return self._items(c.root), self._items(c.val_root)
+        items = self._items(c.root)
+        scenes = [it for it in items if isinstance(it.label, np.ndarray)]
+        if len(items) == 1 and scenes:  # one labelled scene: spatial hold-out
+            tr, va = split_label(scenes[0].label, c.val_fraction, c.split_axis, c.ignore_index)
+            it = scenes[0]
+            return [ChangeItem(it.a, it.b, tr, it.name)], [ChangeItem(it.a, it.b, va, it.name)]
+        return split_files(items, c.val_fraction, self.seed)
+
+    def band_stats(self) -> tuple[list[float], list[float]]:
+        """Per-band mean / std over both dates of the training pairs (config values win)."""
+        if self.cfg.mean is not None and self.cfg.std is not None:
+            return list(self.cfg.mean), list(self.cfg.std)
+        imgs = (read_image(p, self.cfg.bands) for it in self.train_items[:16] for p in (it.a, it.b))
+        st = compute_band_stats(imgs)
+        return list(st.mean), list(st.std)
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.cfg
+        self.train_ds = ChangeDataset(self.train_items, c.img_size, True, c.bands, c.ignore_index,
+                                      samples_per_image=c.samples_per_image, seed=self.seed)
+        self.val_ds = ChangeDataset(self.val_items, None, False, c.bands, c.ignore_index)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.num_workers,
+                          drop_last=len(self.train_ds) > self.cfg.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_ds, 1, shuffle=False, num_workers=self.cfg.num_workers)

@@ -15,21 +15,27 @@ values stay in native units and the task normalises them with the checkpoint's b
 from __future__ import annotations
 
 import dataclasses
+import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from rsvision.data.raster import IMAGE_EXTENSIONS, read_image
+import lightning as L
+
+from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, read_image
 from rsvision.errors import ConfigError, DataError
 
 __all__ = [
     "MaskEncoding", "PRESETS", "get_encoding", "read_mask", "find_pairs", "SegmentationDataset",
-    "random_crop", "augment_flips",
+    "random_crop", "augment_flips", "as_list", "split_files", "SegmentDataConfig", "SegmentationDataModule",
 ]
+
+log = logging.getLogger(__name__)
 
 _MASK_EXT = IMAGE_EXTENSIONS + (".img",)
 
@@ -297,3 +303,106 @@ class SegmentationDataset(Dataset):
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
             "path": str(self.pairs[i][0]),
         }
+
+
+# --- configuration, splits and the datamodule ------------------------------------------------
+@dataclass
+class SegmentDataConfig:
+    """``data:`` section. ``root`` / ``val_root`` may be lists of folders with ``images/`` + ``masks/``.
+
+    Without ``val_root``, ``root/train`` + ``root/val`` are used when present, else the files are
+    split with ``val_fraction`` (seeded); ``split: spatial`` instead keeps every image in both sets
+    and validates on the last ``val_fraction`` of each image's rows (``split_axis: 0``) or columns,
+    for datasets of a few large tiles. ``mask`` is a preset (``loveda``, ``isprs``, ``isprs_rgb``,
+    ``isaid``, ``binary``) or a dict of :class:`rsvision.data.segmentation.MaskEncoding` fields.
+    """
+
+    root: Any = None
+    val_root: Any = None
+    mask: Any = None
+    classes: list[str] | None = None
+    ignore_index: int = 255
+    img_size: int = 256
+    batch_size: int = 8
+    val_fraction: float = 0.25
+    split: str = "files"  # files | spatial
+    split_axis: int = 0
+    samples_per_image: int = 1
+    bands: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    num_workers: int = 0
+    images: str = "images"
+    masks: str = "masks"
+
+
+def as_list(x: Any) -> list:
+    """None -> [], a list / tuple -> list, anything else -> [x] (config fields that take one or many)."""
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def split_files(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded split into (train, val); one item serves both (a warning says so)."""
+    if len(items) < 2:
+        log.warning("only %d sample: validating on the training data", len(items))
+        return list(items), list(items)
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
+    val = sorted(order[:n_val])
+    return [items[i] for i in sorted(order[n_val:])], [items[i] for i in val]
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train crops (random, augmented) and whole validation images from :class:`SegmentDataConfig`."""
+
+    def __init__(self, cfg: SegmentDataConfig, seed: int = 0):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.encoding = get_encoding(cfg.mask, cfg.classes, cfg.ignore_index)
+        self.train_pairs, self.val_pairs = self._split()
+
+    def _pairs(self, roots) -> list:
+        return [p for r in as_list(roots) for p in find_pairs(r, self.cfg.images, self.cfg.masks)]
+
+    def _split(self) -> tuple[list, list]:
+        c = self.cfg
+        if not as_list(c.root):
+            raise ConfigError("no training data: set data.root (--data DIR)")
+        if c.val_root:
+            return self._pairs(c.root), self._pairs(c.val_root)
+        roots = [Path(r) for r in as_list(c.root)]
+        if all((r / "train").is_dir() and (r / "val").is_dir() for r in roots):
+            return self._pairs([r / "train" for r in roots]), self._pairs([r / "val" for r in roots])
+        if c.split == "spatial":
+            pairs = self._pairs(roots)
+            return pairs, list(pairs)
+        if c.split != "files":
+            raise ConfigError(f"data.split must be 'files' or 'spatial', got {c.split!r}")
+        return split_files(self._pairs(roots), c.val_fraction, self.seed)
+
+    def band_stats(self) -> tuple[list[float], list[float]]:
+        """Per-band mean / std of the training images (config values win)."""
+        if self.cfg.mean is not None and self.cfg.std is not None:
+            return list(self.cfg.mean), list(self.cfg.std)
+        st = compute_band_stats(read_image(p, self.cfg.bands) for p, _ in self.train_pairs[:32])
+        return list(st.mean), list(st.std)
+
+    def num_bands(self) -> int:
+        return len(self.band_stats()[0])
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.cfg
+        tr_reg = va_reg = None
+        if c.split == "spatial" and not c.val_root:
+            tr_reg, va_reg = (c.split_axis, 0.0, 1 - c.val_fraction), (c.split_axis, 1 - c.val_fraction, 1.0)
+        self.train_ds = SegmentationDataset(self.train_pairs, self.encoding, c.img_size, True, c.bands,
+                                            samples_per_image=c.samples_per_image, seed=self.seed, region=tr_reg)
+        self.val_ds = SegmentationDataset(self.val_pairs, self.encoding, None, False, c.bands, region=va_reg)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.num_workers,
+                          drop_last=len(self.train_ds) > self.cfg.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_ds, 1, shuffle=False, num_workers=self.cfg.num_workers)

@@ -7,8 +7,9 @@ from PIL import Image
 
 from rsvision.data.change import ChangeDataset, find_change_items, read_binary_label, sparse_label, split_label
 from rsvision.data.segmentation import (
-    PRESETS, SegmentationDataset, augment_flips, colorize, find_pairs, get_encoding, random_crop, read_mask,
+    PRESETS, SegmentationDataset, augment_flips, find_pairs, get_encoding, random_crop, read_mask,
 )
+from rsvision.viz.masks import colorize
 from rsvision.data.synthetic.change import make_change_pair, write_change_folder
 from rsvision.data.synthetic.segmentation import make_segmentation_sample, write_segmentation_folder
 from rsvision.errors import ConfigError, DataError
@@ -164,7 +165,7 @@ def test_synthetic_change_labels_objects_not_nuisance():
 
 
 def test_spatial_holdout_regions_partition_labels(tmp_path):
-    from rsvision.tasks.segmentation import DataConfig, SegmentationDataModule
+    from rsvision.data.segmentation import SegmentationDataModule, SegmentDataConfig as DataConfig
 
     root = write_segmentation_folder(tmp_path / "d", n=1, size=40)
     dm = SegmentationDataModule(DataConfig(root=str(root), classes=["a", "b", "c", "d"], split="spatial",

@@ -71,7 +71,7 @@ def test_small_model_learns_synthetic_change(trained):
     assert {"task", "precision", "recall", "F1", "IoU", "OA", "kappa"} <= set(m) and m["task"] == "change"
     assert m["F1"] > 0.5 and m["kappa"] > 0.45
     # a pair with no change but strong illumination / seasonal shifts: (almost) nothing is flagged
-    from rsvision.tasks.segmentation import load_task
+    from rsvision.tasks import load_task
 
     task = load_task(d / "run" / "best.ckpt")
     a, b, lab = make_change_pair(96, 3, seed=900, num_removed=0, num_added=0, illumination=0.3, seasonal=50)
@@ -121,7 +121,9 @@ def _sparse_scene(root, size=48):
 
 def test_sparse_scene_spatial_split_and_training(tmp_path):
     """Taizhou-style data: only sampled pixels count; one scene is split by columns; loss stays finite."""
-    from rsvision.tasks.change import ChangeConfig, ChangeDataModule, train
+    from rsvision.data.change import ChangeDataModule
+    from rsvision.tasks import train
+    from rsvision.tasks.change import ChangeConfig
     from rsvision.tasks.common import TrainerOptions
 
     _, changed, unchanged = _sparse_scene(tmp_path / "scene", 64)
@@ -140,7 +142,7 @@ def test_sparse_scene_spatial_split_and_training(tmp_path):
     r = train(cfg)
     assert np.isfinite(r["val/loss"])
 
-    from rsvision.tasks.segmentation import DenseTask
+    from rsvision.tasks.dense import DenseTask
 
     logits = torch.zeros(1, 2, 4, 4, requires_grad=True)
     assert DenseTask.loss(type("T", (), {"ignore_index": 255})(), logits, torch.full((1, 4, 4), 255)).item() == 0.0

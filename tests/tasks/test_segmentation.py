@@ -157,16 +157,16 @@ def test_predict_writes_georeferenced_mask_and_overlay(trained, tmp_path):
     bad = tmp_path / "five.tif"  # (a 4-band uint8 GeoTIFF is RGBA: its alpha is a mask, not a band)
     with rasterio.open(bad, "w", driver="GTiff", width=40, height=40, count=5, dtype="uint8") as ds:
         ds.write(np.zeros((5, 40, 40), np.uint8))
-    from rsvision.tasks.segmentation import load_task, predict_file
+    from rsvision.tasks import load_task, predict
 
     with pytest.raises(BandMismatchError, match="5 bands"):
-        predict_file(load_task(d / "run" / "best.ckpt"), bad, tmp_path / "x")
+        list(predict(load_task(d / "run" / "best.ckpt"), [bad], tmp_path / "x"))
 
 
 def test_shipped_configs_parse():
     from pathlib import Path
 
-    from rsvision.cli._common import load_config
+    from rsvision.config import load_config
     from rsvision.tasks.change import ChangeConfig
     from rsvision.tasks.segmentation import SegmentConfig
 
@@ -190,8 +190,9 @@ def test_pretrained_backbone_is_loaded(tmp_path):
     torch.manual_seed(1)
     backbone = timm.create_model("test_convnext", pretrained=False, num_classes=0)
     torch.save(backbone.state_dict(), tmp_path / "bb.pth")
-    task = SegmentationTask(model={"backbone": "test_convnext", "channels": 16}, classes=["a", "b"],
-                            mean=[0.0] * 3, std=[1.0] * 3, pretrained=str(tmp_path / "bb.pth"))
+    task = SegmentationTask(model={"backbone": "test_convnext", "channels": 16},
+                            data={"classes": ["a", "b"], "mean": [0.0] * 3, "std": [1.0] * 3})
+    task.load_pretrained(str(tmp_path / "bb.pth"))
     enc = task.model.encoder.body.state_dict()
     src = {k.replace(".", "_"): v for k, v in backbone.state_dict().items()}
     matched = [k for k, v in enc.items() if torch.equal(src[k.replace(".", "_")], v)]
@@ -219,7 +220,7 @@ def test_raster_source_masks_nodata_and_alpha(tmp_path):
 
 def test_bad_checkpoints_raise_checkpoint_error(trained, tmp_path):
     from rsvision.errors import CheckpointError
-    from rsvision.tasks.segmentation import load_task
+    from rsvision.tasks import load_task
 
     d, _ = trained
     ckpt = torch.load(d / "run" / "best.ckpt", map_location="cpu", weights_only=True)
