@@ -52,9 +52,10 @@ def main(argv=None) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     hp: dict = {}
     if args.checkpoint:
-        from rsvision.tasks.detection import load_detector
+        from rsvision.tasks import load_task
 
-        model, hp = load_detector(args.checkpoint)
+        task = load_task(args.checkpoint)
+        model, hp = task.model, dict(task.hparams)
         mean, std, classes = hp["mean"], hp["std"], hp["class_names"]
     else:
         import rsvision.models.detectors  # noqa: F401

@@ -38,10 +38,10 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from rsvision.cli._common import load_config, parse_set
+    from rsvision.config import load_config, parse_set
     from rsvision.data.synthetic.objects import make_dota_dataset
-    from rsvision.tasks.detection import DetectConfig, load_detector, train
-    from rsvision.tasks.predict_scene import evaluate_folder
+    from rsvision.tasks import evaluate, load_task, train
+    from rsvision.tasks.detection import DetectConfig
 
     data = Path(args.data)
     t0 = time.time()
@@ -58,13 +58,12 @@ def main(argv=None) -> dict:
     overrides.update(parse_set(args.set_))
     cfg = load_config(args.config, DetectConfig, overrides)
     t1 = time.time()
-    best = train(cfg)
+    result = train(cfg)
+    best = str(result.best) if result.best else None
     t_train = time.time() - t1
-    model, hp = load_detector(best or Path(args.out) / "last.ckpt")
+    task = load_task(result.checkpoint)
     t2 = time.time()
-    res = evaluate_folder(model, hp, data / "test" / "images", data / "test" / "labelTxt", Path(args.out) / "test_dets",
-                          window=cfg.eval.window, overlap=cfg.eval.overlap, batch_size=4, scales=cfg.eval.scales,
-                          nms_iou=cfg.eval.nms_iou, iou_thr=0.5, metric="voc07")
+    res = evaluate(task, data / "test", dets=Path(args.out) / "test_dets", batch_size=4, iou_thr=0.5, metric="voc07")
     t_eval = time.time() - t2
     out = {"benchmark": "train_synthetic_obb", "mAP@0.5": res["mAP"], "AP": res["AP"], "num_gt": res["num_gt"],
            "train_images": args.train_images, "test_images": args.test_images, "size": args.size,

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "time", "step", "constant")
+#: keys of the first release's configs -> their name now (named in the error for an old config)
+RENAMED = {"warmup_iters": "warmup_steps", "warmup_epochs": "warmup_steps (optimizer steps: epochs x steps per epoch)"}
 
 
 def parse_set(items: Iterable[str] | None) -> dict[str, Any]:
@@ -124,7 +126,8 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "", path: str | P
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+        hints = "".join(f"; {prefix}{k} is now {prefix}{RENAMED[k]}" for k in unknown if k in RENAMED)
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}{hints}; "
                           f"valid: {', '.join(sorted(fields))}", path=path)
     kwargs = {}
     for name, value in data.items():

@@ -5,7 +5,6 @@ A thin layer: configuration and printing here, everything else in :mod:`rsvision
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,8 +12,7 @@ import typer
 
 from rsvision.cli._common import (
     BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, ImgSizeOpt, InputsArg, JsonOpt, ModelOpt,
-    OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, console, expand_inputs,
-    load_config, train_overrides, write_json,
+    OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, console, load_config, train_overrides, write_json,
 )
 
 app = typer.Typer(help="Rotated object detection (Oriented R-CNN on LSKNet / HAKSNet / timm backbones).",
@@ -25,34 +23,23 @@ OverlapOpt = Annotated[Optional[int], typer.Option(
     "--overlap", help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
 ScalesOpt = Annotated[Optional[list[float]], typer.Option("--scale", help="Test rate; repeat for multi-scale (0.5 1.0 1.5).")]
 MultiScaleOpt = Annotated[bool, typer.Option("--multi-scale", help="Published multi-scale test: rates 0.5, 1.0, 1.5.")]
-NmsOpt = Annotated[float, typer.Option("--nms-iou", help="Per-class rotated NMS IoU for merging windows.")]
+NmsOpt = Annotated[Optional[float], typer.Option("--nms-iou", help="Per-class rotated NMS IoU for merging windows (default: checkpoint eval.nms_iou, 0.1).")]
 PredBatchOpt = Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")]
 DevOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:<i> | auto.")]
 
 
-def _device(d: str) -> str:
-    import torch
-
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return d
-
-
-def _windows(hp: dict, window: int | None, overlap: int | None) -> tuple[int, int]:
-    """Window size (default: the training image size) and overlap (default: 200, <= window / 4)."""
-    w = int(window or hp.get("img_size", 1024))
-    return w, int(overlap if overlap is not None else min(200, w // 4))
-
-
-def _scales(scale: list[float] | None, multi: bool) -> list[float]:
-    return [0.5, 1.0, 1.5] if multi else (scale or [1.0])
+def _scales(scale: list[float] | None, multi: bool) -> list[float] | None:
+    return [0.5, 1.0, 1.5] if multi else scale
 
 
 def _load(checkpoint: Path, device: str):
-    from rsvision.tasks.detection import load_detector
+    from rsvision.errors import ConfigError
+    from rsvision.tasks import load_task
 
-    model, hp = load_detector(checkpoint)
-    return model.to(_device(device)), hp
+    task = load_task(checkpoint, device)
+    if task.name != "detect":
+        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not detect")
+    return task
 
 
 @app.command()
@@ -63,12 +50,13 @@ def train(
     seed: SeedOpt = None, set_: SetOpt = None,
 ) -> None:
     """Train a rotated detector (resumable with --resume); writes best.ckpt / last.ckpt / metrics to --out."""
-    from rsvision.tasks.detection import DetectConfig, train as train_fn
+    from rsvision.tasks import train as train_fn
+    from rsvision.tasks.detection import DetectConfig
 
     cfg = load_config(config, DetectConfig, train_overrides(**locals()))
     console.print(f"training [bold]{cfg.model.type}[/] ({cfg.model.name}) -> {cfg.trainer.out}")
-    best = train_fn(cfg)
-    console.print(f"best checkpoint: [bold]{best}[/]")
+    result = train_fn(cfg)
+    console.print(f"best checkpoint: [bold]{result.best}[/]")
 
 
 def print_detect_metrics(res: dict, title: str = "DOTA evaluation") -> None:
@@ -94,25 +82,21 @@ def eval_(
     json_out: JsonOpt = None,
     dets: Annotated[Optional[Path], typer.Option("--dets", help="Keep the merged Task1 files here.")] = None,
     window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None,
-    multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = 0.1,
-    iou_thr: Annotated[float, typer.Option("--iou-thr")] = 0.5,
-    metric: Annotated[str, typer.Option("--metric", help="voc07 | voc12")] = "voc07",
+    multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
+    iou_thr: Annotated[Optional[float], typer.Option("--iou-thr", help="Default: the checkpoint's eval.iou_thr (0.5).")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="voc07 | voc12 (default: the checkpoint's).")] = None,
     batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
 ) -> None:
     """Score merged full-image detections with the DOTA evaluator (like the DOTA server)."""
-    from rsvision.data.detection import find_ann_dir
     from rsvision.errors import ConfigError
-    from rsvision.tasks.predict_scene import evaluate_folder
+    from rsvision.tasks import evaluate
 
-    if data is not None:
-        img_dir = img_dir or data / "images"
-        ann_dir = ann_dir or find_ann_dir(data)
-    if img_dir is None or ann_dir is None:
+    if data is None and img_dir is None:
         raise ConfigError("detect eval needs --img-dir and --ann-dir (or --data DIR with images/ and labelTxt/)")
-    model, hp = _load(checkpoint, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        res = evaluate_folder(model, hp, img_dir, ann_dir, dets or tmp, *_windows(hp, window, overlap),
-                              batch_size, _scales(scale, multi_scale), nms_iou, iou_thr, metric, progress=True)
+    task = _load(checkpoint, device)
+    res = evaluate(task, img_dir or data, ann_dir=ann_dir, dets=dets, window=window, overlap=overlap,
+                   scales=_scales(scale, multi_scale), nms_iou=nms_iou, iou_thr=iou_thr, metric=metric,
+                   batch_size=batch_size, progress=True)
     print_detect_metrics(res)
     if json_out is not None:
         write_json(res, json_out)
@@ -123,7 +107,7 @@ def eval_(
 def predict(
     checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None,
     window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None,
-    multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = 0.1,
+    multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
     score_thr: Annotated[float, typer.Option("--score-thr", help="Drop detections below this score.")] = 0.3,
     batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
@@ -132,27 +116,22 @@ def predict(
     """Detect on images or rasters of any size; writes Task1 files, PNGs and GeoJSON to --out."""
     from rich.table import Table
 
-    from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
+    from rsvision.tasks import predict as predict_task
 
-    files = expand_inputs(inputs)
+    task = _load(checkpoint, device)
     out = out or Path("predictions")
-    for old in out.glob("Task1_*.txt"):
-        old.unlink()
-    model, hp = _load(checkpoint, device)
-    classes = list(hp["class_names"])
     t = Table(title=f"detections (score >= {score_thr})")
     t.add_column("image")
     t.add_column("size", justify="right")
     t.add_column("objects", justify="right")
     t.add_column("per class")
-    for f in files:
-        det = predict_scene(model, f, hp["mean"], hp["std"], classes, *_windows(hp, window, overlap),
-                            batch_size, _scales(scale, multi_scale), nms_iou, score_thr, progress=True)
-        written = write_scene_outputs(det, out, f.stem, png=png, geojson=geojson)
-        counts = {c: int((det.labels == i).sum()) for i, c in enumerate(classes)}
-        t.add_row(f.name, f"{det.width}x{det.height}", str(len(det.scores)),
-                  ", ".join(f"{c} {n}" for c, n in counts.items() if n))
-        for kind, p in written.items():
+    for r in predict_task(task, inputs, out, window=window, overlap=overlap, scales=_scales(scale, multi_scale),
+                          nms_iou=nms_iou, score_thr=score_thr, batch_size=batch_size, png=png, geojson=geojson,
+                          progress=True):
+        det = r["detections"]
+        t.add_row(Path(r["input"]).name, f"{det.width}x{det.height}", str(len(det.scores)),
+                  ", ".join(f"{c} {n}" for c, n in r["counts"].items() if n))
+        for kind, p in r["files"].items():
             if kind != "task1":
                 console.print(f"  {kind}: {p}")
     console.print(t)

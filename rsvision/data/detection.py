@@ -13,20 +13,23 @@ but evaluation must see every image, and hard-negative patches help on backgroun
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
 
 from rsvision.data.raster import is_image_file, read_image
-from rsvision.errors import DataError
+from rsvision.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionDataset", "collate_detection", "pad_to_multiple", "find_ann_dir", "MIN_BOX_SIZE"]
+__all__ = ["DetectionDataset", "collate_detection", "pad_to_multiple", "find_ann_dir", "MIN_BOX_SIZE",
+           "DetectDataConfig", "DetectionDataModule", "resolve_classes"]
 
 MIN_BOX_SIZE = 2.0  # boxes thinner than this (px) are dropped, as MMRotate's poly2obb_np does
 
@@ -172,3 +175,122 @@ def collate_detection(batch: Sequence[dict], multiple: int = 32):
     metas = [{k: v for k, v in b.items() if k not in ("image", "boxes", "labels")}
              | {"shape": tuple(b["image"].shape[-2:])} for b in batch]
     return images, targets, metas
+
+
+# --- configuration and the datamodule ----------------------------------------------------------
+@dataclass
+class DetectDataConfig:
+    """The ``data:`` section. ``root`` holds ``train/`` and ``val/`` (each ``images/`` + ``annfiles/``
+    or ``labelTxt/``), or give ``train_dir`` / ``val_dir`` explicitly."""
+
+    root: str | None = None
+    train_dir: str | None = None
+    val_dir: str | None = None
+    format: str = "dota"  # dota | dior | hrsc
+    classes: list[str] | None = None  # default: the dataset's class list (DOTA-v1.0 for "dota")
+    bands: list[int] | None = None
+    mean: list[float] | None = None  # None: ImageNet RGB in 0-255 units
+    std: list[float] | None = None
+    img_size: int = 1024
+    batch_size: int = 2
+    num_workers: int = 2
+    keep_empty: bool = False
+    rect_classes: list[str] = field(default_factory=lambda: ["storage-tank", "roundabout"])
+    flip: bool = True
+    rotate_p: float = 0.5
+    val_split: float = 0.0  # >0: hold out this fraction of train when there is no val dir
+    train_list: str | None = None  # text file of image stems (HRSC/DIOR ImageSets/*.txt); None: all images
+    val_list: str | None = None
+
+
+def resolve_classes(cfg: DetectDataConfig) -> list[str]:
+    """The class list: explicit ``data.classes`` or the format's published list."""
+    if cfg.classes:
+        return list(cfg.classes)
+    from rsvision.data.dota.labels import class_names
+
+    return list(class_names({"dota": "dota1.0", "dior": "dior", "hrsc": "hrsc"}[cfg.format]))
+
+
+def _read_list(path: str | None) -> list[str] | None:
+    """Image stems, one per line (ImageSets files); None when no list is given."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("image list file not found", path=p)
+    return [Path(line.strip()).stem for line in p.read_text().splitlines() if line.strip()]
+
+
+def _dirs(d: str | Path, fmt: str) -> tuple[Path, Path]:
+    d = Path(d)
+    if fmt == "dota":
+        ann = find_ann_dir(d)
+        return d / "images", (ann if ann is not None else d / "labelTxt")
+    if fmt == "dior":
+        return d / "JPEGImages-trainval", d / "Annotations" / "Oriented Bounding Boxes"
+    return d / "AllImages", d / "Annotations"
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train / val rotated-detection loaders with the published augmentations and pad-to-32 collate."""
+
+    def __init__(self, cfg: DetectDataConfig, class_names: Sequence[str]):
+        super().__init__()
+        self.cfg = cfg
+        self.class_names = list(class_names)
+        self.mean = cfg.mean or [123.675, 116.28, 103.53]
+        self.std = cfg.std or [58.395, 57.12, 57.375]
+
+    def _train_dir(self) -> Path:
+        d = self.cfg.train_dir or (Path(self.cfg.root) / "train" if self.cfg.root else None)
+        if d is None:
+            raise ConfigError("data: need root (with train/) or train_dir")
+        if not Path(d).exists() and self.cfg.root and Path(self.cfg.root).exists():
+            return Path(self.cfg.root)
+        return Path(d)
+
+    def _val_dir(self) -> Path | None:
+        d = self.cfg.val_dir or (Path(self.cfg.root) / "val" if self.cfg.root else None)
+        return Path(d) if d is not None and Path(d).exists() else None
+
+    def setup(self, stage: str | None = None) -> None:
+        from rsvision.data import det_transforms as T
+
+        c = self.cfg
+        rect = [self.class_names.index(n) for n in c.rect_classes if n in self.class_names]
+        tr = T.train_transforms(self.mean, self.std, rect, None, c.flip, c.rotate_p)
+        ev = T.eval_transforms(self.mean, self.std)
+        img, ann = _dirs(self._train_dir(), c.format)
+        self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands,
+                                         _read_list(c.train_list))
+        vd = self._val_dir()
+        if vd is None and c.val_list:  # HRSC / DIOR: one image folder, split by ImageSets lists
+            vd = self._train_dir()
+        if vd is not None:
+            vimg, vann = _dirs(vd, c.format)
+            self.val_ds = DetectionDataset(vimg, vann, self.class_names, c.format, ev, True, c.bands,
+                                           _read_list(c.val_list))
+        elif c.val_split > 0:
+            import numpy as np
+
+            names = [p.stem for p, *_ in self.train_ds.items]
+            rng = np.random.default_rng(0)
+            n_val = max(1, int(round(len(names) * c.val_split)))
+            val_names = set(rng.choice(names, n_val, replace=False).tolist())
+            self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands,
+                                             [n for n in names if n not in val_names])
+            self.val_ds = DetectionDataset(img, ann, self.class_names, c.format, ev, True, c.bands, sorted(val_names))
+        else:
+            self.val_ds = None
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
+                          collate_fn=collate_detection, persistent_workers=self.cfg.num_workers > 0,
+                          drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_ds, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_ds, False) if self.val_ds is not None else []

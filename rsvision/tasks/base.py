@@ -161,6 +161,11 @@ class BaseTask(L.LightningModule):
         cfg = getattr(dm, "cfg", None)
         return int(getattr(cfg, "batch_size", None) or self.hparams.get("batch_size") or 1)
 
+    def max_epochs(self) -> int:
+        """The run's epoch count (the trainer's; 12, the detection papers' schedule, without one)."""
+        tr = self._trainer
+        return int(tr.max_epochs) if tr is not None and tr.max_epochs and tr.max_epochs > 0 else 12
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups: timm's norm / bias exclusion when ``no_decay_norm_bias``."""
         o = self.optim_cfg
@@ -179,10 +184,8 @@ class BaseTask(L.LightningModule):
             accum = tr.accumulate_grad_batches if tr is not None else 1
             lr = lr * self.batch_size() * world * accum / o.base_batch
         opt = torch.optim.AdamW(self.param_groups(), lr=lr, weight_decay=o.weight_decay)
-        if tr is None:
-            return opt
-        total = max(int(tr.estimated_stepping_batches), 1)
-        max_epochs = int(tr.max_epochs) if tr.max_epochs and tr.max_epochs > 0 else 1
+        total = max(int(tr.estimated_stepping_batches), 1) if tr is not None else 1
+        max_epochs = self.max_epochs()
 
         def factor(step: int) -> float:
             from rsvision.tasks.common import budget_progress
@@ -235,6 +238,10 @@ class BaseTask(L.LightningModule):
     def from_config(cls, cfg: Any, dm: L.LightningDataModule) -> "BaseTask":
         """A fresh task for a train config; ``cfg`` is completed with what ``dm`` resolved."""
         raise NotImplementedError
+
+    def trainer_defaults(self) -> dict[str, Any]:
+        """``lightning.Trainer`` arguments this task needs for this run (callers' overrides win)."""
+        return {}
 
     def after_fit(self, cfg: Any, dm: L.LightningDataModule, result: RunResult) -> None:
         """Work after training on rank 0 (e.g. scoring the test split into ``result.test``)."""
@@ -303,7 +310,7 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
     task = cls.from_config(config, dm)
     t.monitor, t.mode = t.monitor or task.monitor, t.mode or task.mode
     write_config(t.out, config)
-    trainer = build_trainer(t, **trainer_overrides)
+    trainer = build_trainer(t, **{**task.trainer_defaults(), **trainer_overrides})
     t0 = time.time()
     best = fit(trainer, task, dm, t)
     out = Path(t.out)

@@ -35,11 +35,11 @@ def run_detect_demo(out: str | Path = "rsvision_demo", minutes: float = 3.0, tra
     """
     import torch
 
-    from rsvision.cli._common import from_dict
+    from rsvision.config import from_dict
     from rsvision.data.dota.evaluate import evaluate
     from rsvision.data.synthetic.objects import CLASSES, make_dota_dataset, make_geotiff_scene
-    from rsvision.tasks.detection import DetectConfig, load_detector, train
-    from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
+    from rsvision.tasks.base import load_task, predict, train
+    from rsvision.tasks.detection import DetectConfig
 
     say = console.print if console is not None else print
     torch.set_num_threads(threads)
@@ -59,7 +59,7 @@ def run_detect_demo(out: str | Path = "rsvision_demo", minutes: float = 3.0, tra
         "data": {"train_dir": str(train_dir), "classes": list(CLASSES), "img_size": img_size, "batch_size": 4,
                  "num_workers": workers, "rect_classes": ["tank"]},
         "model": {"name": "lsknet_t", **DEMO_MODEL},
-        "optim": {"lr": 0.004, "warmup_iters": 30, "warmup_ratio": 0.1},
+        "optim": {"lr": 0.004, "warmup_steps": 30, "warmup_ratio": 0.1},
         "trainer": {"out": str(out / "run"), "max_epochs": 50, "max_time": minutes, "device": "cpu",
                     "threads": threads, "seed": seed, "progress": "rich" if progress else "none",
                     "gradient_clip_val": 35.0, "log_every_n_steps": 5},
@@ -68,22 +68,17 @@ def run_detect_demo(out: str | Path = "rsvision_demo", minutes: float = 3.0, tra
     say(f"training a small LSKNet-T Oriented R-CNN for {minutes:g} min ({threads} compute thread(s), "
         f"{workers} data worker(s))")
     t1 = time.time()
-    best = train(cfg)
+    result = train(cfg)
     t_train = time.time() - t1
 
-    model, hp = load_detector(best or out / "run" / "last.ckpt")
+    task = load_task(result.checkpoint)
     say(f"predicting on a held-out {scene_size}x{scene_size} GeoTIFF scene ({scene})")
     t2 = time.time()
-    det = predict_scene(model, scene, hp["mean"], hp["std"], hp["class_names"], window=512, overlap=64,
-                        batch_size=2, progress=progress)
     pred_dir = out / "prediction"
-    for old in pred_dir.glob("Task1_*.txt"):
-        old.unlink()
-    written = write_scene_outputs(det, pred_dir, "scene", source=scene)
-    for c in hp["class_names"]:
-        (pred_dir / f"Task1_{c}.txt").touch()
-    res = evaluate(pred_dir, scene_labels.parent, classes=list(hp["class_names"]), iou_thr=0.5, metric="voc07")
+    (r,) = predict(task, [scene], pred_dir, window=512, overlap=64, batch_size=2, progress=progress)
+    written, det = r["files"], r["detections"]
+    res = evaluate(pred_dir, scene_labels.parent, classes=task.classes, iou_thr=0.5, metric="voc07")
     t_pred = time.time() - t2
     return {"mAP": res["mAP"], "AP": res["AP"], "metrics": res, "detections": len(det.scores),
-            "png": str(written.get("png")), "geojson": str(written.get("geojson")), "checkpoint": best,
+            "png": str(written.get("png")), "geojson": str(written.get("geojson")), "checkpoint": str(result.checkpoint),
             "timings": {"generate_s": round(t_gen, 1), "train_s": round(t_train, 1), "predict_eval_s": round(t_pred, 1)}}

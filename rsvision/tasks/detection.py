@@ -1,4 +1,4 @@
-"""Rotated object detection as a Lightning task: Oriented R-CNN training, validation mAP, datamodule.
+"""Rotated object detection as a task: Oriented R-CNN training, validation mAP, whole-scene predict.
 
 The published LSKNet / Oriented R-CNN DOTA schedule is the default: AdamW, lr 2e-4 for a total
 batch of 16 scaled linearly to the actual total batch, weight decay 0.05, linear warmup over 500
@@ -6,30 +6,33 @@ iterations from lr/3, x0.1 steps at epochs 8 and 11 of 12 (scaled proportionally
 lengths), gradient clipping 35 (set on the Trainer). Validation mAP comes from the DOTA evaluator
 (:mod:`rsvision.data.dota`), so ``val/mAP`` means exactly what ``detect eval`` reports.
 
-Checkpoints are self-describing (CONVENTIONS): ``hyper_parameters`` hold the model config,
-class names, bands, per-band mean/std, angle version, image size and GSD, so
-:func:`load_detector` rebuilds the model from the file alone.
+Checkpoints are self-describing (CONVENTIONS): ``hyper_parameters`` hold the model config, class
+names, bands, per-band mean/std, angle version, image size and GSD, plus the ``eval`` section
+(window, overlap, test scales, merge NMS, IoU threshold and metric) that ``detect eval`` /
+``predict`` use as defaults; :func:`rsvision.tasks.load_task` rebuilds the task from the file alone.
+Whole-scene prediction is :func:`rsvision.tasks.predict_scene.predict_scene`.
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-import lightning as L
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
-from rsvision.errors import CheckpointError, ConfigError
-from rsvision.tasks.common import TrainerOptions
+from rsvision.config import OptimConfig
+from rsvision.data.detection import DetectDataConfig, DetectionDataModule, resolve_classes
+from rsvision.errors import ConfigError
+from rsvision.tasks.base import BaseTask, register_task
+from rsvision.tasks.common import TrainerOptions, to_plain
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionTask", "DetectionDataModule", "DetectDataConfig", "DetectModelConfig", "DetectOptimConfig",
-           "DetectEvalConfig", "DetectConfig", "build_task", "train", "load_detector", "freeze_bn", "lr_factor",
-           "evaluate_detections", "resolve_classes"]
+__all__ = ["DetectionTask", "DetectModelConfig", "DetectOptimConfig", "DetectEvalConfig", "DetectConfig",
+           "freeze_bn", "evaluate_detections"]
 
 
 def freeze_bn(model: nn.Module) -> None:
@@ -39,15 +42,6 @@ def freeze_bn(model: nn.Module) -> None:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
-
-
-def lr_factor(step: int, epoch: int, warmup_iters: int, warmup_ratio: float, milestones: Sequence[int],
-              gamma: float = 0.1) -> float:
-    """Multiplier of the base lr: linear warmup (MMCV style, from ``warmup_ratio``) times step decay."""
-    f = gamma ** sum(epoch >= m for m in milestones)
-    if warmup_iters > 0 and step < warmup_iters:
-        f *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters
-    return f
 
 
 def evaluate_detections(dets: dict[str, list], gts: dict[str, dict], class_names: Sequence[str],
@@ -80,77 +74,137 @@ def evaluate_detections(dets: dict[str, list], gts: dict[str, dict], class_names
     return evaluate_polys(det_by_class, gt_by_image, list(class_names), iou_thr=iou_thr, metric=metric)
 
 
-class DetectionTask(L.LightningModule):
-    """Train / validate any rsvision rotated detector built by ``rsvision.models.build_model``.
+@dataclass
+class DetectModelConfig:
+    """The ``model:`` section: backbone name (``--model``), detector type and widths, extra kwargs."""
 
-    Args:
-        model: the detector's plain config dict (``{"type": "OrientedRCNN", "backbone": ...}``);
-            ``num_classes`` and ``in_chans`` are filled from ``class_names`` / ``bands``.
-        class_names: class names, in label order.
-        bands: input band indices (0-based) in the order the model sees them.
-        mean, std: per-band normalisation in raw pixel units.
-        lr: base lr for a total batch of ``base_batch`` (scaled linearly to the real total batch).
-        milestones: epochs at which the lr drops x0.1; None -> 8/12 and 11/12 of ``max_epochs``.
-        frozen_bn: freeze BatchNorm (statistics and affine) while training.
-        pretrained: backbone or whole-detector checkpoint loaded by ``rsvision.models.load_checkpoint``.
+    name: str = "lsknet_t"
+    type: str = "OrientedRCNN"
+    fpn_channels: int = 256
+    fc_channels: int = 1024
+    pretrained: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build_dict(self) -> dict:
+        return {"type": self.type, "backbone": self.name, "fpn_channels": self.fpn_channels,
+                "fc_channels": self.fc_channels, **self.kwargs}
+
+
+@dataclass
+class DetectOptimConfig(OptimConfig):
+    """``optim:`` section: the shared one with the published detection defaults, and frozen BatchNorm."""
+
+    lr: float = 2e-4
+    base_batch: int | None = 16
+    weight_decay: float = 0.05
+    schedule: str = "step"
+    warmup_steps: int = 500
+    warmup_ratio: float | None = 1.0 / 3
+    frozen_bn: bool = False  # BatchNorm statistics and affine frozen (small-batch single-device training)
+
+
+@dataclass
+class DetectEvalConfig:
+    """``eval:`` section, stored in the checkpoint: validation mAP settings and ``detect eval`` / ``predict`` defaults."""
+
+    window: int | None = None  # None: the training image size
+    overlap: int | None = None  # None: 200, at most a quarter of the window
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    nms_iou: float = 0.1
+    iou_thr: float = 0.5
+    metric: str = "voc07"
+
+
+def _default_trainer() -> TrainerOptions:
+    return TrainerOptions(out="runs/detect", max_epochs=12, monitor="val/mAP", mode="max", gradient_clip_val=35.0)
+
+
+@dataclass
+class DetectConfig:
+    """A whole ``rsvision detect train`` config (see ``configs/*oriented_rcnn*.yaml``)."""
+
+    data: DetectDataConfig = field(default_factory=DetectDataConfig)
+    model: DetectModelConfig = field(default_factory=DetectModelConfig)
+    optim: DetectOptimConfig = field(default_factory=DetectOptimConfig)
+    trainer: TrainerOptions = field(default_factory=_default_trainer)
+    eval: DetectEvalConfig = field(default_factory=DetectEvalConfig)
+
+
+
+@register_task
+class DetectionTask(BaseTask):
+    """Train / validate / predict with any rsvision rotated detector built by ``rsvision.models.build_model``.
+
+    ``model``: the detector's plain config dict (``{"type": "OrientedRCNN", "backbone": ...}``);
+    ``num_classes`` and ``in_chans`` are filled from ``data``: ``class_names`` (label order),
+    ``bands`` (0-based input bands), ``mean`` / ``std`` (raw pixel units), ``angle_version``,
+    ``img_size``, ``gsd`` and ``batch_size`` (for the linear lr scaling).
     """
 
-    def __init__(
-        self,
-        model: dict,
-        class_names: Sequence[str],
-        bands: Sequence[int] | None = None,
-        mean: Sequence[float] = (123.675, 116.28, 103.53),
-        std: Sequence[float] = (58.395, 57.12, 57.375),
-        angle_version: str = "le90",
-        img_size: int = 1024,
-        gsd: float | None = None,
-        lr: float = 2e-4,
-        base_batch: int = 16,
-        batch_size: int = 2,
-        weight_decay: float = 0.05,
-        warmup_iters: int = 500,
-        warmup_ratio: float = 1.0 / 3,
-        max_epochs: int = 12,
-        milestones: Sequence[int] | None = None,
-        frozen_bn: bool = False,
-        pretrained: str | None = None,
-        iou_thr: float = 0.5,
-        metric: str = "voc07",
-    ):
-        super().__init__()
-        model = dict(model)
-        model["num_classes"] = len(class_names)
-        model["class_names"] = list(class_names)
-        bands = list(bands) if bands is not None else list(range(len(mean)))
-        model["in_chans"] = len(bands)
-        if len(mean) != len(bands) or len(std) != len(bands):
-            raise ConfigError(f"{len(bands)} bands but mean/std have {len(mean)}/{len(std)} values")
-        self.save_hyperparameters(dict(
-            model=model, class_names=list(class_names), bands=bands, mean=[float(v) for v in mean],
-            std=[float(v) for v in std], angle_version=angle_version, img_size=int(img_size), gsd=gsd,
-            lr=lr, base_batch=base_batch, batch_size=batch_size, weight_decay=weight_decay,
-            warmup_iters=warmup_iters, warmup_ratio=warmup_ratio, max_epochs=max_epochs,
-            milestones=list(milestones) if milestones is not None else None, frozen_bn=frozen_bn,
-            pretrained=str(pretrained) if pretrained else None, iou_thr=iou_thr, metric=metric,
-        ))
+    name = "detect"
+    config_class = DetectConfig
+    optim_class = DetectOptimConfig
+    sections = ("eval",)
+    monitor, mode = "val/mAP", "max"
+
+    def __init__(self, model: dict, data: dict, optim: dict | None = None, eval: dict | None = None):
+        data = dict(data)
+        classes = list(data["class_names"])
+        data.setdefault("mean", [123.675, 116.28, 103.53])
+        data.setdefault("std", [58.395, 57.12, 57.375])
+        bands = data.get("bands")
+        data["bands"] = list(bands) if bands is not None else list(range(len(data["mean"])))
+        if len(data["mean"]) != len(data["bands"]) or len(data["std"]) != len(data["bands"]):
+            raise ConfigError(f"{len(data['bands'])} bands but mean/std have {len(data['mean'])}/{len(data['std'])} values")
+        data["mean"], data["std"] = [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
+        for k, v in (("angle_version", "le90"), ("img_size", 1024), ("gsd", None), ("batch_size", 2)):
+            data.setdefault(k, v)
+        model = dict(model, num_classes=len(classes), class_names=classes, in_chans=len(data["bands"]))
+        super().__init__(model, data, optim, eval=to_plain(DetectEvalConfig(**dict(eval or {}))))
+        self.eval_cfg = DetectEvalConfig(**self.hparams["eval"])
+        self._val_dets: dict[str, tuple] = {}
+        self._val_gts: dict[str, dict] = {}
+
+    def configure_model(self) -> nn.Module:
         import rsvision.models.detectors  # noqa: F401  (registers the detector builders)
         from rsvision.models import build_model
 
-        self.model = build_model(model)
-        self.load_report = None
-        if pretrained:
-            from rsvision.models import load_checkpoint
+        return build_model(dict(self.hparams.model))
 
-            self.load_report = load_checkpoint(self.model, pretrained)
-            log.info("pretrained weights from %s:\n%s", pretrained, getattr(self.load_report, "summary", lambda: "")())
-        self._val_dets: dict[str, tuple] = {}
-        self._val_gts: dict[str, dict] = {}
+    @property
+    def classes(self) -> list[str]:
+        return list(self.hparams.class_names)
+
+    def load_pretrained(self, path: str | Path):
+        """Backbone or whole-detector checkpoint (official, MMRotate, timm, rsvision) into the model."""
+        from rsvision.models import load_checkpoint
+
+        report = load_checkpoint(self.model, path)
+        log.info("pretrained weights from %s:\n%s", path, getattr(report, "summary", lambda: "")())
+        return report
+
+    @classmethod
+    def upgrade_hparams(cls, hp: dict[str, Any]) -> dict[str, Any]:
+        """First release: 20 flat keyword arguments and no task tag."""
+        if "optim" in hp:
+            return hp
+        optim = {k: hp.pop(k) for k in ("lr", "base_batch", "weight_decay", "warmup_ratio", "milestones", "frozen_bn")
+                 if k in hp}
+        if "warmup_iters" in hp:
+            optim["warmup_steps"] = hp.pop("warmup_iters")
+        hp["optim"] = optim
+        hp["eval"] = {k: hp.pop(k) for k in ("iou_thr", "metric") if k in hp}
+        for k in ("max_epochs", "pretrained"):
+            hp.pop(k, None)
+        return hp
+
+    def upgrade_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in sd.items() if k.startswith("model.")}  # only the detector's own weights
 
     # --- training ---------------------------------------------------------------------------------
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.hparams.frozen_bn:
+        if mode and self.optim_cfg.frozen_bn:
             freeze_bn(self.model)
         return self
 
@@ -169,31 +223,6 @@ class DetectionTask(L.LightningModule):
             self.log(f"train/{k}", v, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         return loss
-
-    def _milestones(self) -> list[int]:
-        ms = self.hparams.milestones
-        if ms is not None:
-            return [int(m) for m in ms]
-        tr = self._trainer
-        E = int(tr.max_epochs if tr is not None and tr.max_epochs and tr.max_epochs > 0 else self.hparams.max_epochs)
-        return [max(1, round(E * 8 / 12)), max(1, round(E * 11 / 12))]
-
-    def configure_optimizers(self):
-        tr = self._trainer
-        world = tr.world_size if tr is not None else 1
-        accum = tr.accumulate_grad_batches if tr is not None else 1
-        total = self.hparams.batch_size * world * accum
-        lr = self.hparams.lr * total / self.hparams.base_batch
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.hparams.weight_decay)
-        ms = self._milestones()
-
-        def fn(step: int) -> float:
-            epoch = self._trainer.current_epoch if self._trainer is not None else 0
-            return lr_factor(step, epoch, self.hparams.warmup_iters, self.hparams.warmup_ratio, ms)
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- validation (DOTA mAP) --------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -220,233 +249,95 @@ class DetectionTask(L.LightningModule):
             for d, g in gathered:
                 dets.update(d)
                 gts.update(g)
-        res = evaluate_detections(dets, gts, self.hparams.class_names, self.hparams.iou_thr, self.hparams.metric)
+        res = evaluate_detections(dets, gts, self.classes, self.eval_cfg.iou_thr, self.eval_cfg.metric)
         self.last_val_metrics = res
         mAP = res["mAP"] if res["mAP"] is not None else 0.0  # None: no ground truth in the val set
         self.log("val/mAP", float(mAP), prog_bar=True, sync_dist=False, rank_zero_only=False)
 
+    # --- training recipe ----------------------------------------------------------------------------
+    @classmethod
+    def build_datamodule(cls, cfg: "DetectConfig") -> DetectionDataModule:
+        return DetectionDataModule(cfg.data, resolve_classes(cfg.data))
 
-# --- data -------------------------------------------------------------------------------------------
-@dataclass
-class DetectDataConfig:
-    """The ``data:`` section. ``root`` holds ``train/`` and ``val/`` (each ``images/`` + ``annfiles/``
-    or ``labelTxt/``), or give ``train_dir`` / ``val_dir`` explicitly."""
+    @classmethod
+    def from_config(cls, cfg: "DetectConfig", dm: DetectionDataModule) -> "DetectionTask":
+        d = cfg.data
+        validate = dm._val_dir() is not None or d.val_split > 0 or bool(d.val_list)
+        if not validate:  # no validation data: select best.ckpt on the training loss
+            cfg.trainer.monitor, cfg.trainer.mode = "train/epoch_loss", "min"
+        data = dict(class_names=dm.class_names, bands=d.bands, mean=dm.mean, std=dm.std, angle_version="le90",
+                    img_size=d.img_size, gsd=None, batch_size=d.batch_size)
+        task = cls(model=cfg.model.build_dict(), data=data, optim=to_plain(cfg.optim), eval=to_plain(cfg.eval))
+        if cfg.model.pretrained and not (cfg.trainer.resume and (Path(cfg.trainer.out) / "last.ckpt").exists()):
+            task.load_pretrained(cfg.model.pretrained)
+        task.validate = validate
+        return task
 
-    root: str | None = None
-    train_dir: str | None = None
-    val_dir: str | None = None
-    format: str = "dota"  # dota | dior | hrsc
-    classes: list[str] | None = None  # default: the dataset's class list (DOTA-v1.0 for "dota")
-    bands: list[int] | None = None
-    mean: list[float] | None = None  # None: ImageNet RGB in 0-255 units
-    std: list[float] | None = None
-    img_size: int = 1024
-    batch_size: int = 2
-    num_workers: int = 2
-    keep_empty: bool = False
-    rect_classes: list[str] = field(default_factory=lambda: ["storage-tank", "roundabout"])
-    flip: bool = True
-    rotate_p: float = 0.5
-    val_split: float = 0.0  # >0: hold out this fraction of train when there is no val dir
-    train_list: str | None = None  # text file of image stems (HRSC/DIOR ImageSets/*.txt); None: all images
-    val_list: str | None = None
+    def _milestones(self) -> list[int]:
+        """Epochs at which the lr drops by ``optim.gamma`` (default 8/12 and 11/12 of the run)."""
+        return self.optim_cfg.milestones_for(self.max_epochs())
 
+    def trainer_defaults(self) -> dict[str, Any]:
+        return {} if getattr(self, "validate", True) else {"limit_val_batches": 0}
 
-def _read_list(path: str | None) -> list[str] | None:
-    """Image stems, one per line (ImageSets files); None when no list is given."""
-    if not path:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("image list file not found", path=p)
-    return [Path(line.strip()).stem for line in p.read_text().splitlines() if line.strip()]
+    # --- verbs ------------------------------------------------------------------------------------
+    def windows(self, window: int | None = None, overlap: int | None = None) -> tuple[int, int]:
+        """Window size (default: ``eval.window``, else the training image size) and overlap (default:
+        ``eval.overlap``, else 200 but at most a quarter of the window)."""
+        w = int(window or self.eval_cfg.window or self.hparams.get("img_size", 1024))
+        o = overlap if overlap is not None else self.eval_cfg.overlap
+        return w, int(o if o is not None else min(200, w // 4))
 
+    def predict(self, inputs: Sequence[Any], out: str | Path | None = None, window: int | None = None,
+                overlap: int | None = None, scales: Sequence[float] | None = None, nms_iou: float | None = None,
+                score_thr: float = 0.0, batch_size: int = 2, png: bool = True, geojson: bool = True,
+                task1: bool = True, progress: bool = False) -> Iterator[dict]:
+        """Yield ``{"input", "detections" (SceneDetections), "files", "counts"}`` per scene (files,
+        folders, globs, or arrays), writing Task1 files (this run's, one per class), PNGs and GeoJSON
+        (georeferenced rasters) into ``out``."""
+        from rsvision.data.raster import expand_inputs
+        from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
 
-def _dirs(d: str | Path, fmt: str) -> tuple[Path, Path]:
-    from rsvision.data.detection import find_ann_dir
+        out = Path(out or "predictions")
+        files = [x for x in inputs if not isinstance(x, (str, Path))] + expand_inputs(
+            [x for x in inputs if isinstance(x, (str, Path))]) if inputs else []
+        classes = self.classes
+        if task1:  # Task1 files gather every scene of this run: start them empty, one per class
+            out.mkdir(parents=True, exist_ok=True)
+            for c in classes:
+                (out / f"Task1_{c}.txt").write_text("")
+        w, o = self.windows(window, overlap)
+        e = self.eval_cfg
+        for i, f in enumerate(files):
+            det = predict_scene(self.model, f, self.hparams.mean, self.hparams.std, classes, w, o, batch_size,
+                                list(scales or e.scales), e.nms_iou if nms_iou is None else nms_iou, score_thr,
+                                progress=progress)
+            stem = Path(f).stem if isinstance(f, (str, Path)) else f"scene{i}"
+            written = write_scene_outputs(det, out, stem, source=f, task1=task1, png=png, geojson=geojson,
+                                          draw_thr=max(score_thr, 0.3))
+            counts = {c: int((det.labels == j).sum()) for j, c in enumerate(classes)}
+            yield {"input": str(f) if isinstance(f, (str, Path)) else stem, "detections": det,
+                   "files": {k: str(v) for k, v in written.items()}, "counts": counts}
 
-    d = Path(d)
-    if fmt == "dota":
-        ann = find_ann_dir(d)
-        return d / "images", (ann if ann is not None else d / "labelTxt")
-    if fmt == "dior":
-        return d / "JPEGImages-trainval", d / "Annotations" / "Oriented Bounding Boxes"
-    return d / "AllImages", d / "Annotations"
+    def evaluate(self, data: Any, ann_dir: str | Path | None = None, dets: str | Path | None = None,
+                 iou_thr: float | None = None, metric: str | None = None, **predict_options: Any) -> dict:
+        """Detect on every full image of ``data`` (a folder with ``images/`` + ``labelTxt/``, or an image
+        folder with ``ann_dir``), merge per image, score with the DOTA evaluator (like the DOTA server):
+        the CONVENTIONS detect dict. ``dets`` keeps the merged Task1 files (default: a temp folder)."""
+        from rsvision.data.detection import find_ann_dir
+        from rsvision.data.dota.evaluate import evaluate
+        from rsvision.data.raster import is_image_file
 
-
-class DetectionDataModule(L.LightningDataModule):
-    """Train / val rotated-detection loaders with the published augmentations and pad-to-32 collate."""
-
-    def __init__(self, cfg: DetectDataConfig, class_names: Sequence[str]):
-        super().__init__()
-        self.cfg = cfg
-        self.class_names = list(class_names)
-        self.mean = cfg.mean or [123.675, 116.28, 103.53]
-        self.std = cfg.std or [58.395, 57.12, 57.375]
-
-    def _train_dir(self) -> Path:
-        d = self.cfg.train_dir or (Path(self.cfg.root) / "train" if self.cfg.root else None)
-        if d is None:
-            raise ConfigError("data: need root (with train/) or train_dir")
-        if not Path(d).exists() and self.cfg.root and Path(self.cfg.root).exists():
-            return Path(self.cfg.root)
-        return Path(d)
-
-    def _val_dir(self) -> Path | None:
-        d = self.cfg.val_dir or (Path(self.cfg.root) / "val" if self.cfg.root else None)
-        return Path(d) if d is not None and Path(d).exists() else None
-
-    def setup(self, stage: str | None = None) -> None:
-        from rsvision.data import det_transforms as T
-        from rsvision.data.detection import DetectionDataset
-
-        c = self.cfg
-        rect = [self.class_names.index(n) for n in c.rect_classes if n in self.class_names]
-        tr = T.train_transforms(self.mean, self.std, rect, None, c.flip, c.rotate_p)
-        ev = T.eval_transforms(self.mean, self.std)
-        img, ann = _dirs(self._train_dir(), c.format)
-        self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands,
-                                         _read_list(c.train_list))
-        vd = self._val_dir()
-        if vd is None and c.val_list:  # HRSC / DIOR: one image folder, split by ImageSets lists
-            vd = self._train_dir()
-        if vd is not None:
-            vimg, vann = _dirs(vd, c.format)
-            self.val_ds = DetectionDataset(vimg, vann, self.class_names, c.format, ev, True, c.bands,
-                                           _read_list(c.val_list))
-        elif c.val_split > 0:
-            import numpy as np
-
-            names = [p.stem for p, *_ in self.train_ds.items]
-            rng = np.random.default_rng(0)
-            n_val = max(1, int(round(len(names) * c.val_split)))
-            val_names = set(rng.choice(names, n_val, replace=False).tolist())
-            self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands,
-                                             [n for n in names if n not in val_names])
-            self.val_ds = DetectionDataset(img, ann, self.class_names, c.format, ev, True, c.bands, sorted(val_names))
-        else:
-            self.val_ds = None
-
-    def _loader(self, ds, shuffle: bool) -> DataLoader:
-        from rsvision.data.detection import collate_detection
-
-        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
-                          collate_fn=collate_detection, persistent_workers=self.cfg.num_workers > 0,
-                          drop_last=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_ds, True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_ds, False) if self.val_ds is not None else []
-
-
-def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a detector from an rsvision checkpoint alone -> ``(model in eval mode, hyper_parameters)``."""
-    import rsvision.models.detectors  # noqa: F401  (registers the detector builders)
-    from rsvision.models import build_model
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("checkpoint not found", path=path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint: {exc}", path=path) from exc
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hp or "model" not in hp or "class_names" not in hp:
-        raise CheckpointError("not an rsvision detection checkpoint (no hyper_parameters.model / class_names)", path=path)
-    model = build_model(dict(hp["model"]))
-    sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not fit its model: missing {missing[:5]}, unexpected {unexpected[:5]}", path=path)
-    model.eval()
-    return model, dict(hp)
-
-
-# --- whole configuration + training entry point (the CLI is a thin layer over this) -----------------
-@dataclass
-class DetectModelConfig:
-    """The ``model:`` section: backbone name (``--model``), detector type and widths, extra kwargs."""
-
-    name: str = "lsknet_t"
-    type: str = "OrientedRCNN"
-    fpn_channels: int = 256
-    fc_channels: int = 1024
-    pretrained: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def build_dict(self) -> dict:
-        return {"type": self.type, "backbone": self.name, "fpn_channels": self.fpn_channels,
-                "fc_channels": self.fc_channels, **self.kwargs}
-
-
-@dataclass
-class DetectOptimConfig:
-    lr: float = 2e-4
-    base_batch: int = 16
-    weight_decay: float = 0.05
-    warmup_iters: int = 500
-    warmup_ratio: float = 1.0 / 3
-    milestones: list[int] | None = None
-    frozen_bn: bool = False
-
-
-@dataclass
-class DetectEvalConfig:
-    """Whole-image evaluation / prediction settings (``detect eval``/``predict`` defaults)."""
-
-    window: int = 1024
-    overlap: int = 200
-    scales: list[float] = field(default_factory=lambda: [1.0])
-    nms_iou: float = 0.1
-    iou_thr: float = 0.5
-    metric: str = "voc07"
-
-
-def _default_trainer() -> TrainerOptions:
-    return TrainerOptions(out="runs/detect", max_epochs=12, monitor="val/mAP", mode="max", gradient_clip_val=35.0)
-
-
-@dataclass
-class DetectConfig:
-    data: DetectDataConfig = field(default_factory=DetectDataConfig)
-    model: DetectModelConfig = field(default_factory=DetectModelConfig)
-    optim: DetectOptimConfig = field(default_factory=DetectOptimConfig)
-    trainer: TrainerOptions = field(default_factory=_default_trainer)
-    eval: DetectEvalConfig = field(default_factory=DetectEvalConfig)
-
-
-def resolve_classes(cfg: DetectDataConfig) -> list[str]:
-    """The class list: explicit ``data.classes`` or the format's published list."""
-    if cfg.classes:
-        return list(cfg.classes)
-    from rsvision.data.dota.labels import class_names
-
-    return list(class_names({"dota": "dota1.0", "dior": "dior", "hrsc": "hrsc"}[cfg.format]))
-
-
-def build_task(cfg: DetectConfig) -> tuple[DetectionTask, DetectionDataModule]:
-    classes = resolve_classes(cfg.data)
-    dm = DetectionDataModule(cfg.data, classes)
-    o = cfg.optim
-    task = DetectionTask(
-        cfg.model.build_dict(), classes, cfg.data.bands, dm.mean, dm.std, "le90", cfg.data.img_size, None,
-        o.lr, o.base_batch, cfg.data.batch_size, o.weight_decay, o.warmup_iters, o.warmup_ratio,
-        cfg.trainer.max_epochs, o.milestones, o.frozen_bn, cfg.model.pretrained, cfg.eval.iou_thr, cfg.eval.metric,
-    )
-    return task, dm
-
-
-def train(cfg: DetectConfig, **trainer_overrides: Any) -> str | None:
-    """Train a detector into ``cfg.trainer.out`` (resumable); returns the best checkpoint path."""
-    from rsvision.tasks.common import build_trainer, fit, write_config
-
-    task, dm = build_task(cfg)
-    if dm._val_dir() is None and cfg.data.val_split <= 0:  # no validation data: select on the training loss
-        cfg.trainer.monitor, cfg.trainer.mode = "train/epoch_loss", "min"
-        trainer_overrides.setdefault("limit_val_batches", 0)
-    write_config(cfg.trainer.out, cfg)
-    trainer = build_trainer(cfg.trainer, **trainer_overrides)
-    return fit(trainer, task, dm, cfg.trainer)
+        data = Path(data)
+        img_dir = data / "images" if (data / "images").is_dir() and ann_dir is None else data
+        ann_dir = ann_dir or find_ann_dir(data)
+        if ann_dir is None:
+            raise ConfigError("detect eval needs annotations: --data DIR with images/ and labelTxt/, or --ann-dir",
+                              path=data)
+        images = sorted(p for p in img_dir.iterdir() if is_image_file(p))
+        e = self.eval_cfg
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(dets or tmp)
+            for _ in self.predict(images, out, png=False, geojson=False, **predict_options):
+                pass
+            return evaluate(out, ann_dir, classes=self.classes, iou_thr=iou_thr or e.iou_thr, metric=metric or e.metric)

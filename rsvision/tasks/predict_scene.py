@@ -8,6 +8,7 @@ batch; boxes are shifted back to scene pixels and merged with per-class rotated 
 merge rule, IoU 0.1). Multi-scale testing runs the same windows on the image resampled by each
 rate (0.5 / 1.0 / 1.5 as published) and merges everything together.
 
+:meth:`rsvision.tasks.detection.DetectionTask.predict` / ``evaluate`` run it over many scenes.
 Outputs for a scene (:func:`write_scene_outputs`): DOTA Task1 files, a PNG with the boxes drawn
 per class (on a downscaled overview for big scenes) and, for georeferenced rasters, GeoJSON
 polygons in the raster's CRS.
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from rsvision.data.tiling import Window, batched, sliding_windows
 from rsvision.errors import BandMismatchError
 
-__all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview", "evaluate_folder"]
+__all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview"]
 
 
 @dataclass
@@ -243,39 +244,3 @@ def write_scene_outputs(det: SceneDetections, out_dir: str | Path, name: str | N
         props = [{"class": det.class_names[int(lab)], "score": round(float(s), 4)} for lab, s in zip(det.labels, det.scores)]
         written["geojson"] = write_geojson(polys, props, det.transform, det.crs, out / f"{name}.geojson")
     return written
-
-
-def evaluate_folder(
-    model: torch.nn.Module,
-    hp: dict,
-    img_dir: str | Path,
-    ann_dir: str | Path,
-    dets_dir: str | Path,
-    window: int = 1024,
-    overlap: int | None = None,
-    batch_size: int = 2,
-    scales: Sequence[float] = (1.0,),
-    nms_iou: float = 0.1,
-    iou_thr: float = 0.5,
-    metric: str = "voc07",
-    device: str | torch.device | None = None,
-    progress: bool = False,
-) -> dict:
-    """Detect on every full image of ``img_dir``, write merged Task1 files to ``dets_dir`` and score
-    them against ``ann_dir`` with the DOTA evaluator (like the DOTA server) -> the detect JSON dict."""
-    from rsvision.data.dota.evaluate import evaluate
-    from rsvision.data.raster import is_image_file
-
-    img_dir, dets_dir = Path(img_dir), Path(dets_dir)
-    dets_dir.mkdir(parents=True, exist_ok=True)
-    for old in dets_dir.glob("Task1_*.txt"):
-        old.unlink()
-    files = sorted(p for p in img_dir.iterdir() if is_image_file(p))
-    classes = list(hp["class_names"])
-    for f in files:
-        det = predict_scene(model, f, hp["mean"], hp["std"], classes, window, overlap, batch_size, scales, nms_iou,
-                            device=device, progress=progress)
-        write_scene_outputs(det, dets_dir, f.stem, png=False, geojson=False)
-    for c in classes:  # an empty Task1 file per class, so the evaluator sees every class
-        (dets_dir / f"Task1_{c}.txt").touch()
-    return evaluate(dets_dir, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric)

@@ -19,7 +19,7 @@ TINY_CFG = {
     "model": {"name": "lsknet_t", "fpn_channels": 32, "fc_channels": 64,
               "kwargs": {"backbone_drop_rate": 0.0, "backbone_drop_path_rate": 0.0,
                          "rpn": {"nms_pre": 200, "max_per_img": 100}, "rcnn": {"max_per_img": 50}}},
-    "optim": {"warmup_iters": 2},
+    "optim": {"warmup_steps": 2},
     "trainer": {"progress": "none", "threads": 1, "device": "cpu", "extra": {"limit_train_batches": 2}},
     "eval": {"window": 128, "overlap": 32},
 }

@@ -47,7 +47,7 @@ def test_dota_split_train_predict_merge_eval(tmp_path):
             "data": {"format": "dota", "img_size": 256, "batch_size": 2, "num_workers": 0},
             "model": {"name": "lsknet_t", "fpn_channels": 32, "fc_channels": 64,
                       "kwargs": {"rpn": {"nms_pre": 300, "max_per_img": 150}, "rcnn": {"max_per_img": 100}}},
-            "optim": {"warmup_iters": 2},
+            "optim": {"warmup_steps": 2},
             "trainer": {"progress": "none", "threads": 1, "device": "cpu", "max_epochs": 1,
                         "extra": {"limit_train_batches": 3}},
         }))

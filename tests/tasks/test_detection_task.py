@@ -11,7 +11,27 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rsvision.tasks.detection import DetectionTask, freeze_bn, load_detector, lr_factor
+from rsvision.config import OptimConfig, lr_factor as _lr_factor
+from rsvision.tasks import load_task
+from rsvision.tasks.detection import DetectionTask as _DetectionTask, freeze_bn
+
+
+def lr_factor(step, epoch, warmup_steps, warmup_ratio, milestones):
+    cfg = OptimConfig(schedule="step", warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, milestones=milestones)
+    return _lr_factor(cfg, step, 10**9, epoch)
+
+
+def DetectionTask(model, class_names, bands=None, img_size=1024, gsd=None, batch_size=2, **optim):
+    """The tests' old shorthand -> the task contract's sections."""
+    if "warmup_iters" in optim:
+        optim["warmup_steps"] = optim.pop("warmup_iters")
+    data = dict(class_names=class_names, bands=bands, img_size=img_size, gsd=gsd, batch_size=batch_size)
+    return _DetectionTask(model=model, data=data, optim=optim)
+
+
+def load_detector(path):
+    task = load_task(path)
+    return task.model, task.hparams
 
 TINY = {"type": "OrientedRCNN", "backbone": "lsknet_t", "fpn_channels": 32, "fc_channels": 64,
         "backbone_drop_rate": 0.0, "backbone_drop_path_rate": 0.0,
@@ -133,9 +153,8 @@ DDP_SCRIPT = textwrap.dedent('''
     sys.modules["tdt"] = tdt
     spec.loader.exec_module(tdt)
     import lightning as L
-    from rsvision.tasks.detection import DetectionTask
     torch.set_num_threads(1)
-    task = DetectionTask(tdt.TINY, tdt.CLASSES, batch_size=1, warmup_iters=1)
+    task = tdt.DetectionTask(tdt.TINY, tdt.CLASSES, batch_size=1, warmup_iters=1)
     tr = L.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                    limit_val_batches=0)
