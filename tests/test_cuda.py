@@ -234,7 +234,7 @@ def test_detect_train_eval_predict_on_cuda(tmp_path):
 def test_segment_predict_cuda_equals_cpu(tmp_path):
     rasterio = pytest.importorskip("rasterio")
     from rsvision.data.synthetic.segmentation import make_segmentation_sample, write_segmentation_folder
-    from rsvision.tasks.segmentation import load_task, predict_file
+    from rsvision.tasks import load_task, predict
 
     data = write_segmentation_folder(tmp_path / "data", n=8, size=64, zero_is_ignore=True)
     cfg = tmp_path / "seg.yaml"
@@ -256,7 +256,7 @@ def test_segment_predict_cuda_equals_cpu(tmp_path):
         ds.write(img)
     masks = {}
     for dev in ("cuda", "cpu"):
-        predict_file(load_task(tmp_path / "run" / "best.ckpt", dev), src, tmp_path / dev)
+        list(predict(load_task(tmp_path / "run" / "best.ckpt", dev), [src], tmp_path / dev))
         with rasterio.open(tmp_path / dev / "scene_mask.tif") as m:
             masks[dev] = m.read(1)
     # argmax of fp32 logits: equal except where two classes tie to float noise

@@ -1,8 +1,8 @@
 """The `rsvision` command line: a thin Typer layer over the library.
 
 Each command group lives in its own module (``rsvision/cli/<group>.py``) exposing
-``register(app: typer.Typer) -> None``; this file only wires them together, so task
-families can be added without touching each other.
+``register(app: typer.Typer) -> None``; this file finds them (every module not starting with
+``_``) and wires them together, so a new task family is one new file here, no edit.
 """
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ import typer
 
 from rsvision import __version__
 
-# Command-group modules, in the order they appear in ``--help``.
-_GROUPS = ("models", "demo", "classify", "detect", "segment", "change", "dota")
+# Order of the known groups in ``--help``; any other module of this package follows alphabetically.
+_ORDER = ("models", "demo", "classify", "detect", "segment", "change", "dota")
+
+
+def _groups() -> list[str]:
+    import pkgutil
+
+    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
 app = typer.Typer(
     name="rsvision",
@@ -43,14 +50,8 @@ def _root(
     apply_env_malloc()  # keep freed memory in the heap (RSVISION_MALLOC=system: glibc defaults)
 
 
-for _name in _GROUPS:
-    try:
-        _mod = importlib.import_module(f"rsvision.cli.{_name}")
-    except ModuleNotFoundError as exc:  # group not built yet
-        if exc.name != f"rsvision.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _name in _groups():
+    importlib.import_module(f"rsvision.cli.{_name}").register(app)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ __all__ = [
     "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "MaxTimeOpt", "SetOpt", "CheckpointOpt",
     "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "TopKOpt", "COMMON_OVERRIDES",
     "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
-    "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table",
+    "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table", "train_command", "report_run",
 ]
 
 console = Console()
@@ -99,6 +99,52 @@ def train_overrides(set_: Iterable[str] | None = None, **cli: Any) -> dict[str, 
         out[key] = str(v) if isinstance(v, Path) else v
     out.update(parse_set(set_))
     return out
+
+
+def train_command(config_class: str, help: str, defaults: Mapping[str, Any] | None = None):
+    """The ``<task> train`` command, the same options for every task (CONVENTIONS "CLI").
+
+    ``config_class`` is ``"module:Class"`` of the task's config dataclass, imported only when the
+    command runs (``rsvision --help`` stays light). ``defaults`` sit under the YAML file.
+    """
+
+    def train(
+        config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
+        epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+        pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
+        seed: SeedOpt = None, max_time: MaxTimeOpt = None, set_: SetOpt = None,
+    ) -> None:
+        import importlib
+
+        from lightning.pytorch.utilities import rank_zero_only
+
+        from rsvision.tasks import train as run
+
+        module, _, name = config_class.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        overrides = train_overrides(set_=set_, data=data, model=model, img_size=img_size, epochs=epochs,
+                                    batch_size=batch_size, out=out, resume=resume, pretrained=pretrained,
+                                    device=device, precision=precision, seed=seed, max_time=max_time)
+        cfg = load_config(config, cls, overrides, defaults=defaults)
+        where = getattr(cfg.data, "root", None) or getattr(cfg.data, "csv", None) or getattr(cfg.data, "train_dir", None)
+        console.print(f"[bold]training[/] {cfg.model.name} on {where} -> {cfg.trainer.out}")
+        result = run(cfg)
+        if rank_zero_only.rank == 0:  # DDP workers: the launching process reports
+            report_run(result)
+
+    train.__doc__ = help
+    return train
+
+
+def report_run(result: Any) -> None:
+    """End-of-training summary, the same for every task: held-out metrics (or the last validation), paths."""
+    if result.test is not None:
+        m = result.test
+        print_metrics(m, title=f"{m.get('split', 'test')} split ({Path(str(m.get('checkpoint', ''))).name})")
+    elif result.metrics:
+        console.print(metrics_table(result.metrics, "Validation (last epoch)"))
+    console.print(f"best: [bold]{result.best}[/]  last: {result.last}  wall time: {result.seconds:.1f} s")
+    console.print(f"run directory: [bold]{result.run_dir}[/]")
 
 
 def _fmt(v: Any, percent: bool) -> str:

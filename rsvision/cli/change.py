@@ -5,25 +5,20 @@ from __future__ import annotations
 import typer
 
 from rsvision.cli._common import (
-    BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, EvalDataOpt, ImgSizeOpt, InputsArg,
-    JsonOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt,
+    train_command,
+    CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
+    JsonOpt, PredictOutOpt,
 )
-from rsvision.cli.segment import OverlapOpt, RgbOpt, TtaOpt, WindowOpt, do_train, run_eval, run_predict
+from rsvision.cli.segment import OverlapOpt, RgbOpt, TtaOpt, WindowOpt, run_eval, run_predict
 
 app = typer.Typer(help="Change detection on image pairs: train, evaluate, predict (PNG overlay + GeoTIFF).",
                   no_args_is_help=True)
 
 
-@app.command()
-def train(config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
-          epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
-          pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
-          seed: SeedOpt = None, set_: SetOpt = None) -> None:
-    """Train a Siamese change detector (A/ B/ label/ folders or a sparse-sample scene); --model is the backbone."""
-    opts = dict(locals())
-    from rsvision.tasks.change import ChangeConfig
-
-    do_train(ChangeConfig, {"trainer": {"out": "runs/change"}}, opts)
+app.command()(train_command(
+    "rsvision.tasks.change:ChangeConfig",
+    "Train a Siamese change detector (A/ B/ label/ folders or a sparse-sample scene); --model is the backbone.",
+    defaults={"trainer": {"out": "runs/change"}}))
 
 
 @app.command("eval")

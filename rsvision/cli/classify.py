@@ -8,9 +8,10 @@ import typer
 from rich.table import Table
 
 from rsvision.cli._common import (
-    BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, EvalDataOpt, ImgSizeOpt, InputsArg,
-    JsonOpt, MaxTimeOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, TopKOpt,
-    console, load_config, print_metrics, train_overrides,
+    train_command,
+    BatchSizeOpt, CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
+    JsonOpt, PredictOutOpt, TopKOpt,
+    console, print_metrics,
 )
 
 app = typer.Typer(help="Scene classification: train, evaluate, predict.", no_args_is_help=True)
@@ -32,29 +33,9 @@ def _summary(metrics: dict) -> str:
             f"kappa {metrics['kappa']:.4f}")
 
 
-@app.command()
-def train(
-    config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
-    epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
-    pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
-    seed: SeedOpt = None, max_time: MaxTimeOpt = None, set_: SetOpt = None,
-) -> None:
-    """Train a classifier into a run directory (best/last.ckpt, config.yaml, metrics.csv, plots)."""
-    from rsvision.tasks import train as train_task
-    from rsvision.tasks.classification import ClassifyConfig
-
-    overrides = train_overrides(set_=set_, data=data, model=model, img_size=img_size, epochs=epochs,
-                                batch_size=batch_size, out=out, resume=resume, pretrained=pretrained,
-                                device=device, precision=precision, seed=seed, max_time=max_time)
-    cfg = load_config(config, ClassifyConfig, overrides)
-    console.print(f"[bold]classify train[/] {cfg.model.name} on {cfg.data.root or cfg.data.csv} -> {cfg.trainer.out}")
-    result = train_task(cfg)
-    m = result.test
-    if m is not None:
-        split = m["split"]
-        print_metrics(m, title=f"{split} split ({Path(m['checkpoint']).name})")
-        console.print(f"{split}: {_summary(m)}; metrics in {Path(cfg.trainer.out) / f'{split}_metrics.json'}")
-    console.print(f"run directory: [bold]{cfg.trainer.out}[/]")
+app.command()(train_command(
+    "rsvision.tasks.classification:ClassifyConfig",
+    "Train a classifier into a run directory (best/last.ckpt, config.yaml, metrics.csv, plots); scores the test split."))
 
 
 @app.command("eval")

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from rsvision.cli._common import (
-    BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, ImgSizeOpt, InputsArg, JsonOpt, ModelOpt,
-    OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, console, load_config, train_overrides, write_json,
+    train_command,
+    CheckpointOpt, DataOpt, InputsArg, JsonOpt, PredictOutOpt, console, write_json,
 )
 
 app = typer.Typer(help="Rotated object detection (Oriented R-CNN on LSKNet / HAKSNet / timm backbones).",
@@ -42,21 +42,9 @@ def _load(checkpoint: Path, device: str):
     return task
 
 
-@app.command()
-def train(
-    config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
-    epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
-    pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
-    seed: SeedOpt = None, set_: SetOpt = None,
-) -> None:
-    """Train a rotated detector (resumable with --resume); writes best.ckpt / last.ckpt / metrics to --out."""
-    from rsvision.tasks import train as train_fn
-    from rsvision.tasks.detection import DetectConfig
-
-    cfg = load_config(config, DetectConfig, train_overrides(**locals()))
-    console.print(f"training [bold]{cfg.model.type}[/] ({cfg.model.name}) -> {cfg.trainer.out}")
-    result = train_fn(cfg)
-    console.print(f"best checkpoint: [bold]{result.best}[/]")
+app.command()(train_command(
+    "rsvision.tasks.detection:DetectConfig",
+    "Train a rotated detector (resumable with --resume); writes best.ckpt / last.ckpt / metrics to --out."))
 
 
 def print_detect_metrics(res: dict, title: str = "DOTA evaluation") -> None:

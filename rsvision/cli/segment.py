@@ -9,9 +9,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rsvision.cli._common import (
-    BatchSizeOpt, CheckpointOpt, ConfigOpt, DataOpt, DeviceOpt, EpochsOpt, EvalDataOpt, ImgSizeOpt, InputsArg,
-    JsonOpt, ModelOpt, OutOpt, PrecisionOpt, PredictOutOpt, PretrainedOpt, ResumeOpt, SeedOpt, SetOpt, console,
-    load_config, metrics_table, per_class_table, train_overrides, write_json,
+    train_command,
+    CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
+    JsonOpt, PredictOutOpt, console,
+    metrics_table, per_class_table, write_json,
 )
 
 app = typer.Typer(help="Semantic segmentation: train, evaluate, predict (sliding windows, GeoTIFF masks).",
@@ -43,21 +44,6 @@ MaskOpt = Annotated[Optional[str], typer.Option("--mask", help="Mask encoding pr
 def progress_bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
-
-
-def do_train(cfg_cls: type, defaults: dict, opts: dict) -> None:
-    """Shared body of ``segment train`` / ``change train``."""
-    from rsvision.tasks import train as train_fn
-
-    cfg = load_config(opts.pop("config"), cfg_cls, train_overrides(**opts), defaults=defaults)
-    console.print(f"[bold]training[/] {cfg.model.name} + {cfg.model.decoder} -> {cfg.trainer.out}")
-    result = train_fn(cfg)
-    from lightning.pytorch.utilities import rank_zero_only
-
-    if rank_zero_only.rank != 0:  # DDP workers: the launching process reports
-        return
-    console.print(metrics_table(result.metrics, "Validation (last epoch)"))
-    console.print(f"best: [bold]{result.best}[/]  wall time: {result.seconds:.1f} s")
 
 
 def print_dense_metrics(m: dict, json_path: Path | None, title: str) -> None:
@@ -110,16 +96,10 @@ def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: b
     print_dense_metrics(m, json_path, f"{task_name} eval: {data}")
 
 
-@app.command()
-def train(config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
-          epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
-          pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
-          seed: SeedOpt = None, set_: SetOpt = None) -> None:
-    """Train a segmentor (UperNet / Semantic FPN over any backbone); --model is the backbone."""
-    opts = dict(locals())
-    from rsvision.tasks.segmentation import SegmentConfig
-
-    do_train(SegmentConfig, {"trainer": {"out": "runs/segment"}}, opts)
+app.command()(train_command(
+    "rsvision.tasks.segmentation:SegmentConfig",
+    "Train a segmentor (UperNet / Semantic FPN over any backbone); --model is the backbone.",
+    defaults={"trainer": {"out": "runs/segment"}}))
 
 
 @app.command("eval")

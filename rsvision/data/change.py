@@ -18,11 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, read_image
-from rsvision.data.segmentation import as_list, augment_flips, random_crop, read_mask, split_files
+from rsvision.data.raster import IMAGE_EXTENSIONS, read_image
+from rsvision.data.segmentation import CropDataModule, as_list, augment_flips, random_crop, read_mask, split_files
 from rsvision.errors import ConfigError, DataError
 
 __all__ = [
@@ -240,12 +239,11 @@ class ChangeDataConfig:
     unchanged: str = "unchanged.bmp"
 
 
-class ChangeDataModule(L.LightningDataModule):
+class ChangeDataModule(CropDataModule):
     """Random augmented crops of training pairs; whole validation pairs."""
 
     def __init__(self, cfg: ChangeDataConfig, seed: int = 0):
-        super().__init__()
-        self.cfg, self.seed = cfg, seed
+        super().__init__(cfg, seed)
         self.train_items, self.val_items = self._split()
 
     def _items(self, roots) -> list[ChangeItem]:
@@ -267,23 +265,11 @@ class ChangeDataModule(L.LightningDataModule):
             return [ChangeItem(it.a, it.b, tr, it.name)], [ChangeItem(it.a, it.b, va, it.name)]
         return split_files(items, c.val_fraction, self.seed)
 
-    def band_stats(self) -> tuple[list[float], list[float]]:
-        """Per-band mean / std over both dates of the training pairs (config values win)."""
-        if self.cfg.mean is not None and self.cfg.std is not None:
-            return list(self.cfg.mean), list(self.cfg.std)
-        imgs = (read_image(p, self.cfg.bands) for it in self.train_items[:16] for p in (it.a, it.b))
-        st = compute_band_stats(imgs)
-        return list(st.mean), list(st.std)
+    def stat_images(self):
+        return [p for it in self.train_items[:16] for p in (it.a, it.b)]  # both dates
 
     def setup(self, stage: str | None = None) -> None:
         c = self.cfg
         self.train_ds = ChangeDataset(self.train_items, c.img_size, True, c.bands, c.ignore_index,
                                       samples_per_image=c.samples_per_image, seed=self.seed)
         self.val_ds = ChangeDataset(self.val_items, None, False, c.bands, c.ignore_index)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.num_workers,
-                          drop_last=len(self.train_ds) > self.cfg.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_ds, 1, shuffle=False, num_workers=self.cfg.num_workers)

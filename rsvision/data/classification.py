@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, read_image
+from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, normalize, read_image
 from rsvision.data.transforms import ResizePolicy, SceneTransform, resize
 from rsvision.errors import BandMismatchError, ConfigError, DataError
 
@@ -327,8 +327,7 @@ class SceneDataset(Dataset):
             warnings.warn(f"skipping bad image: {exc}", stacklevel=2)
             return self[(i + 1) % len(self)]
         if self.mean is not None:
-            c = img.shape[0]
-            img = (img - torch.tensor(self.mean).view(c, 1, 1)) / torch.tensor(self.std).view(c, 1, 1)
+            img = normalize(img, self.mean, self.std, path=self.samples[i].path)
         return {"image": self.transform(img), "label": self.target(i), "index": i}
 
 

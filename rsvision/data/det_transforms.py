@@ -144,17 +144,13 @@ class Normalize:
     """(x - mean) / std per band, in the units of the raw pixels (0-255 for 8-bit imagery)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32)
+        self.std = torch.tensor(list(std), dtype=torch.float32)
 
     def __call__(self, sample: dict) -> dict:
-        img = sample["image"].float()
-        if img.shape[0] != self.mean.shape[0]:
-            from rsvision.errors import BandMismatchError
+        from rsvision.data.raster import normalize
 
-            raise BandMismatchError(f"image has {img.shape[0]} bands, normalisation expects {self.mean.shape[0]}",
-                                    path=sample.get("path"))
-        return {**sample, "image": (img - self.mean) / self.std}
+        return {**sample, "image": normalize(sample["image"], self.mean, self.std, path=sample.get("path"))}
 
 
 class Compose:

@@ -195,19 +195,25 @@ def compute_band_stats(images: Iterable[np.ndarray | str | Path], max_pixels_per
     return BandStats(tuple(float(m) for m in mean), tuple(float(v) for v in std))
 
 
-def normalize(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(arr - mean) / std`` per band of a ``(C, H, W)`` array -> float32.
+def normalize(x: np.ndarray | torch.Tensor, mean: Sequence[float] | torch.Tensor,
+              std: Sequence[float] | torch.Tensor, path: str | Path | None = None) -> np.ndarray | torch.Tensor:
+    """``(x - mean) / std`` per band, bands on axis -3 (``(C, H, W)``, ``(B, C, H, W)``, pairs) -> float32.
 
+    The one place rsvision normalises pixels: every task stores per-band mean / std in native units
+    in its checkpoint and applies them through here, for numpy arrays and tensors (on their device).
     Raises BandMismatchError when the band count differs from the statistics' (e.g. an RGB
     checkpoint applied to a 4-band raster).
     """
-    arr = np.asarray(arr)
-    c = arr.shape[0]
+    c = x.shape[-3] if x.ndim >= 3 else 1
     if len(mean) != c or len(std) != c:
-        raise BandMismatchError(f"image has {c} bands but the normalisation has {len(mean)}")
+        raise BandMismatchError(f"image has {c} bands but the normalisation has {len(mean)}", path=path)
+    if isinstance(x, torch.Tensor):
+        m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        return (x.float() - m) / s
     m = np.asarray(mean, dtype=np.float32).reshape(c, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(c, 1, 1)
-    return (arr.astype(np.float32) - m) / s
+    return (np.asarray(x).astype(np.float32) - m) / s
 
 
 def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str] | None = None,

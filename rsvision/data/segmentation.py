@@ -32,7 +32,7 @@ from rsvision.errors import ConfigError, DataError
 
 __all__ = [
     "MaskEncoding", "PRESETS", "get_encoding", "read_mask", "find_pairs", "SegmentationDataset",
-    "random_crop", "augment_flips", "as_list", "split_files", "SegmentDataConfig", "SegmentationDataModule",
+    "random_crop", "augment_flips", "as_list", "split_files", "SegmentDataConfig", "CropDataModule", "SegmentationDataModule",
 ]
 
 log = logging.getLogger(__name__)
@@ -353,12 +353,40 @@ def split_files(items: list, val_fraction: float, seed: int) -> tuple[list, list
     return [items[i] for i in sorted(order[n_val:])], [items[i] for i in val]
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class CropDataModule(L.LightningDataModule):
+    """Per-pixel datamodule base: random augmented training crops, whole validation images (batch 1).
+
+    Subclasses split their items in ``__init__``, build ``train_ds`` / ``val_ds`` in ``setup`` and name
+    the images band statistics are computed from in :meth:`stat_images`.
+    """
+
+    def __init__(self, cfg, seed: int = 0):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+
+    def stat_images(self):
+        raise NotImplementedError
+
+    def band_stats(self) -> tuple[list[float], list[float]]:
+        """Per-band mean / std of the training images (config values win)."""
+        if self.cfg.mean is not None and self.cfg.std is not None:
+            return list(self.cfg.mean), list(self.cfg.std)
+        st = compute_band_stats(read_image(p, self.cfg.bands) for p in self.stat_images())
+        return list(st.mean), list(st.std)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.num_workers,
+                          drop_last=len(self.train_ds) > self.cfg.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_ds, 1, shuffle=False, num_workers=self.cfg.num_workers)
+
+
+class SegmentationDataModule(CropDataModule):
     """Train crops (random, augmented) and whole validation images from :class:`SegmentDataConfig`."""
 
     def __init__(self, cfg: SegmentDataConfig, seed: int = 0):
-        super().__init__()
-        self.cfg, self.seed = cfg, seed
+        super().__init__(cfg, seed)
         self.encoding = get_encoding(cfg.mask, cfg.classes, cfg.ignore_index)
         self.train_pairs, self.val_pairs = self._split()
 
@@ -381,12 +409,8 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ConfigError(f"data.split must be 'files' or 'spatial', got {c.split!r}")
         return split_files(self._pairs(roots), c.val_fraction, self.seed)
 
-    def band_stats(self) -> tuple[list[float], list[float]]:
-        """Per-band mean / std of the training images (config values win)."""
-        if self.cfg.mean is not None and self.cfg.std is not None:
-            return list(self.cfg.mean), list(self.cfg.std)
-        st = compute_band_stats(read_image(p, self.cfg.bands) for p, _ in self.train_pairs[:32])
-        return list(st.mean), list(st.std)
+    def stat_images(self):
+        return [p for p, _ in self.train_pairs[:32]]
 
     def num_bands(self) -> int:
         return len(self.band_stats()[0])
@@ -399,10 +423,3 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_ds = SegmentationDataset(self.train_pairs, self.encoding, c.img_size, True, c.bands,
                                             samples_per_image=c.samples_per_image, seed=self.seed, region=tr_reg)
         self.val_ds = SegmentationDataset(self.val_pairs, self.encoding, None, False, c.bands, region=va_reg)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.num_workers,
-                          drop_last=len(self.train_ds) > self.cfg.batch_size)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_ds, 1, shuffle=False, num_workers=self.cfg.num_workers)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from rsvision.config import OptimConfig
+from rsvision.data.raster import normalize
 from rsvision.errors import BandMismatchError, ConfigError
 from rsvision.tasks.base import BaseTask
 from rsvision.tasks.common import to_plain
@@ -89,8 +90,8 @@ class DenseTask(BaseTask):
         mean, std = self.hparams.mean, self.hparams.std
         if len(mean) != len(std) or len(mean) != self.in_chans:
             raise ConfigError(f"normalisation has {len(mean)} bands but the model takes {self.in_chans}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.val_cm = MulticlassConfusionMatrix(len(self.classes), ignore_index=self.ignore_index)
 
     # --- subclass hooks ----------------------------------------------------------------------------
@@ -129,7 +130,7 @@ class DenseTask(BaseTask):
         """Raw pixel values (native units) -> logits; normalisation uses the checkpoint's band stats."""
         if x.shape[-3] != self.in_chans:
             raise BandMismatchError(f"input has {x.shape[-3]} bands, the model expects {self.in_chans}")
-        return self.model((x - self.mean) / self.std)
+        return self.model(normalize(x, self.mean, self.std))
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Mean over labelled pixels; a crop without any (sparse labels) contributes zero, not NaN.

@@ -96,6 +96,7 @@ def predict_scene(
         BandMismatchError: the raster's band count differs from the checkpoint's.
     """
     from rsvision.data.detection import pad_to_multiple
+    from rsvision.data.raster import normalize
     from rsvision.ops import batched_nms_rotated
 
     if overlap is None:
@@ -140,7 +141,7 @@ def predict_scene(
                     valid = src.valid(w)
                     if not valid.all():  # nodata / alpha: the mean, i.e. 0 after normalisation
                         x = torch.where(torch.from_numpy(valid)[None], x, m)
-                    x = (x - m) / s_
+                    x = normalize(x, m, s_)
                     if rate != 1.0:
                         nh, nw = max(1, round(w.height * rate)), max(1, round(w.width * rate))
                         x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False,
