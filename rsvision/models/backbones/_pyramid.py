@@ -55,11 +55,6 @@ class Block(nn.Module):
         return x
 
 
-def _token_layernorm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over channels of an NCHW map (the official code normalises tokens)."""
-    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class PyramidBackbone(nn.Module):
     """Four stages (strides 4/8/16/32) of ``Block``s, with timm's classifier / features interface.
 
@@ -79,6 +74,8 @@ class PyramidBackbone(nn.Module):
         **kwargs,
     ):
         super().__init__()
+        if not 1 <= len(depths) <= 4:
+            raise ValueError(f"1 to 4 stages are supported, got depths={tuple(depths)}")
         if kwargs:
             # timm passes a few generic kwargs (e.g. pretrained_cfg) that we do not use.
             kwargs.pop("pretrained_cfg", None)
@@ -141,22 +138,55 @@ class PyramidBackbone(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # -- forward ----------------------------------------------------------------------------
+    # Each stage's modules are attributes with the official names (patch_embed{i}, block{i},
+    # norm{i}), so they cannot sit in one ModuleList of stages. TorchScript has no getattr with a
+    # computed name, hence one method per stage and a dispatch on literal indices; ``hasattr``
+    # is resolved when scripting, so stages removed by ``prune_intermediate_layers`` are skipped.
+    def _stage1(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed1(x)
+        for blk in self.block1:
+            x = blk(x)
+        return self.norm1(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LayerNorm over channels
+
+    def _stage2(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed2(x)
+        for blk in self.block2:
+            x = blk(x)
+        return self.norm2(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _stage3(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed3(x)
+        for blk in self.block3:
+            x = blk(x)
+        return self.norm3(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _stage4(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed4(x)
+        for blk in self.block4:
+            x = blk(x)
+        return self.norm4(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
     def stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Run stage ``i`` (0-based): patch embedding, blocks, token LayerNorm. NCHW in and out."""
-        x = getattr(self, f"patch_embed{i + 1}")(x)
-        for blk in getattr(self, f"block{i + 1}"):
-            x = blk(x)
-        return _token_layernorm(getattr(self, f"norm{i + 1}"), x)
+        if hasattr(self, "block1") and i == 0:
+            return self._stage1(x)
+        if hasattr(self, "block2") and i == 1:
+            return self._stage2(x)
+        if hasattr(self, "block3") and i == 2:
+            return self._stage3(x)
+        if hasattr(self, "block4") and i == 3:
+            return self._stage4(x)
+        raise IndexError("stage index out of range")
 
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
+        indices: Optional[Union[int, list[int]]] = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ):
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
         """timm's feature API: the stage outputs selected by ``indices`` (default all four).
 
         Returns ``list[Tensor]`` (B, C_i, H/2^(i+2), W/2^(i+2)) when ``intermediates_only``, else
@@ -165,14 +195,16 @@ class PyramidBackbone(nn.Module):
         assert output_fmt == "NCHW", "only NCHW output is supported"
         take = self._resolve_indices(indices)
         last = max(take) if (stop_early or intermediates_only) else self.num_stages - 1
-        feats = []
+        feats: list[torch.Tensor] = []
         for i in range(last + 1):
             x = self.stage(i, x)
             if i in take:
                 feats.append(x)
-        return feats if intermediates_only else (x, feats)
+        if intermediates_only:
+            return feats
+        return x, feats
 
-    def _resolve_indices(self, indices) -> list[int]:
+    def _resolve_indices(self, indices: Optional[Union[int, list[int]]]) -> list[int]:
         if indices is None:
             return list(range(self.num_stages))
         if isinstance(indices, int):  # the last n stages, as timm does
