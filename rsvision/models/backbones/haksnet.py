@@ -17,6 +17,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from rsvision.models.backbones._pyramid import PyramidBackbone, create_pyramid_model, default_cfg
+from rsvision.models.backbones._registry import Family, register_family
 
 __all__ = ["SpatialMix", "ChannelMix", "ChannelAttention", "HAKSAttention", "PartialConvMlp", "HAKSNet"]
 
@@ -117,6 +118,7 @@ _VARIANTS = {
 }
 
 default_cfgs = generate_default_cfgs({f"{name}.untrained": default_cfg() for name in _VARIANTS})
+register_family(Family(HAKSNet, _VARIANTS, marker=".spatial_mix.", mlp_key="mlp.linear2.weight", mlp_hidden_dim=1))  # linear2: (dim, hidden, 1, 1)
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> HAKSNet:

@@ -15,6 +15,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from rsvision.models.backbones._pyramid import PyramidBackbone, create_pyramid_model, default_cfg
+from rsvision.models.backbones._registry import Family, register_family
 
 __all__ = ["LSKblock", "LSKAttention", "Mlp", "LSKNet"]
 
@@ -98,6 +99,7 @@ _VARIANTS = {
 }
 
 default_cfgs = generate_default_cfgs({f"{name}.untrained": default_cfg() for name in _VARIANTS})
+register_family(Family(LSKNet, _VARIANTS, marker=".spatial_gating_unit.", mlp_key="mlp.fc1.weight", mlp_hidden_dim=0))  # fc1: (hidden, dim, 1, 1)
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> LSKNet:

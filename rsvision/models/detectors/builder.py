@@ -39,8 +39,6 @@ from rsvision.ops import DeltaXYWHAOBBoxCoder, MidpointOffsetCoder
 
 __all__ = ["DEFAULT_CONFIG", "oriented_rcnn", "build_oriented_rcnn", "config_from_state_dict"]
 
-_RSV_BACKBONES = ("lsknet_t", "lsknet_s", "haksnet_t", "haksnet_s")
-
 DEFAULT_CONFIG: dict[str, Any] = {
     "type": "OrientedRCNN",
     "backbone": "lsknet_t",
@@ -66,9 +64,9 @@ def _make_backbone(name: str, in_chans: int, kwargs: dict, drop: float, drop_pat
     """(backbone module, indices of its stride-4/8/16/32 maps or None for all)."""
     import timm
 
-    import rsvision.models.backbones  # noqa: F401  (registers rsvision backbones with timm)
+    from rsvision.models.backbones import variant_names  # importing registers the families with timm
 
-    if name in _RSV_BACKBONES:
+    if name in variant_names():
         kw = {"drop_rate": drop, "drop_path_rate": drop_path, **kwargs}
         return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kw), None
     try:
@@ -176,12 +174,11 @@ def _from_mmrotate(full: dict) -> OrientedRCNN:
     version = full.get("angle_version") or _get(m, "rpn_head", "version", default="le90")
     bcfg = dict(m.get("backbone", {}))
     btype = bcfg.pop("type", None)
-    families = {"LSKNet": "lsknet", "HAKSNet": "haksnet"}
-    if btype not in families:
-        raise ConfigError(f"unsupported MMRotate backbone type {btype!r}; known: {sorted(families)}")
-    from rsvision.models.backbones import HAKSNet, LSKNet
+    from rsvision.models.backbones import FAMILIES
 
-    cls = {"LSKNet": LSKNet, "HAKSNet": HAKSNet}[btype]
+    if btype not in FAMILIES:
+        raise ConfigError(f"unsupported MMRotate backbone type {btype!r}; known: {sorted(FAMILIES)}")
+    cls = FAMILIES[btype].cls
     kw = {k: bcfg[k] for k in ("embed_dims", "depths", "mlp_ratios", "drop_rate", "drop_path_rate") if k in bcfg}
     backbone = cls(num_classes=0, in_chans=int(full.get("in_chans", bcfg.get("in_chans", 3))), **kw)
 
@@ -235,12 +232,6 @@ def _from_mmrotate(full: dict) -> OrientedRCNN:
     return model
 
 
-_VARIANT_SHAPES = {
-    ((32, 64, 160, 256), (3, 3, 5, 2)): "_t",
-    ((64, 128, 320, 512), (2, 2, 4, 2)): "_s",
-}
-
-
 def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[str, Any]:
     """Infer the rsvision-form config of an MMRotate / rsvision Oriented R-CNN state dict.
 
@@ -259,13 +250,12 @@ def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[s
             raise ConfigError(f"not an Oriented R-CNN state dict: missing {key!r}")
         return tuple(sd[key].shape)
 
+    from rsvision.models.backbones import FAMILIES
+
     keys = list(sd)
-    if any(".spatial_gating_unit." in k for k in keys):
-        family, mlp_key, hid_dim = "lsknet", "mlp.fc1.weight", 0  # fc1: (hidden, dim, 1, 1)
-    elif any(".spatial_mix." in k for k in keys):
-        family, mlp_key, hid_dim = "haksnet", "mlp.linear2.weight", 1  # linear2: (dim, hidden, 1, 1)
-    else:
-        raise ConfigError("cannot recognise the backbone (expected LSKNet or HAKSNet keys under 'backbone.')")
+    family = next((f for f in FAMILIES.values() if any(f.marker in k for k in keys)), None)
+    if family is None:
+        raise ConfigError(f"cannot recognise the backbone (expected {' or '.join(FAMILIES)} keys under 'backbone.')")
     dims = tuple(shape(f"backbone.patch_embed{i}.proj.weight")[0] for i in range(1, 5))
     depths = tuple(
         len({k.split(".")[2] for k in keys if k.startswith(f"backbone.block{i}.")}) for i in range(1, 5)
@@ -273,13 +263,16 @@ def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[s
     in_chans = shape("backbone.patch_embed1.proj.weight")[1]
     ratios = []
     for i, d in enumerate(dims, 1):
-        k = f"backbone.block{i}.0.{mlp_key}"
-        ratios.append(shape(k)[hid_dim] / d if k in sd else (8, 8, 4, 4)[i - 1])
+        k = f"backbone.block{i}.0.{family.mlp_key}"
+        ratios.append(shape(k)[family.mlp_hidden_dim] / d if k in sd else (8, 8, 4, 4)[i - 1])
     num_classes = shape("roi_head.bbox_head.fc_cls.weight")[0] - 1
+    # the registered variant with these widths and depths (else the first, with explicit kwargs)
+    match = [(n, v) for n, v in family.variants.items() if (tuple(v["embed_dims"]), tuple(v["depths"])) == (dims, depths)]
+    variant, exact = match[0] if match else (next(iter(family.variants)), None)
     names = list((meta or {}).get("CLASSES") or [])
     cfg: dict[str, Any] = {
         "type": "OrientedRCNN",
-        "backbone": family + _VARIANT_SHAPES.get((dims, depths), "_t"),
+        "backbone": variant,
         "backbone_kwargs": {},
         "in_chans": in_chans,
         "num_classes": num_classes,
@@ -287,7 +280,7 @@ def config_from_state_dict(state_dict: dict, meta: dict | None = None) -> dict[s
         "fpn_channels": shape("neck.lateral_convs.0.conv.weight")[0],
         "fc_channels": shape("roi_head.bbox_head.shared_fcs.0.weight")[0],
     }
-    if (dims, depths) not in _VARIANT_SHAPES or tuple(ratios) != (8, 8, 4, 4):
+    if exact is None or tuple(ratios) != tuple(exact["mlp_ratios"]):
         cfg["backbone_kwargs"] = {"embed_dims": list(dims), "depths": list(depths), "mlp_ratios": ratios}
     if shape("roi_head.bbox_head.fc_reg.weight")[0] != 5:
         raise ConfigError("only class-agnostic box regression (5 deltas) is supported")
