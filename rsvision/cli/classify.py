@@ -55,7 +55,7 @@ def eval_(
 
     if data is None:
         raise ConfigError("eval needs --data DIR (class folders) or --data labels.csv")
-    task = load_task(checkpoint, device or "cpu")
+    task = load_task(checkpoint, device or "auto")
     metrics = evaluate(task, data, split=split, split_file=split_file, batch_size=batch_size or 32, tta=tta,
                        eval_size=eval_size, skip_bad=skip_bad, progress=True)
     metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta,
@@ -82,7 +82,7 @@ def predict(
     """Top-k classes with probabilities for images (files, folders, globs)."""
     from rsvision.tasks import load_task, predict as predict_task
 
-    task = load_task(checkpoint, device or "cpu")
+    task = load_task(checkpoint, device or "auto")
     preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad))
     t = Table(title=f"{checkpoint.name}: top-{top_k}" + (" (multi-label)" if task.multilabel else ""))
     t.add_column("image")

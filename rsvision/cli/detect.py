@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from rsvision.cli._common import (
-    train_command,
+    DeviceOpt,    train_command,
     CheckpointOpt, DataOpt, InputsArg, JsonOpt, PredictOutOpt, console, write_json,
 )
 
@@ -25,7 +25,6 @@ ScalesOpt = Annotated[Optional[list[float]], typer.Option("--scale", help="Test 
 MultiScaleOpt = Annotated[bool, typer.Option("--multi-scale", help="Published multi-scale test: rates 0.5, 1.0, 1.5.")]
 NmsOpt = Annotated[Optional[float], typer.Option("--nms-iou", help="Per-class rotated NMS IoU for merging windows (default: checkpoint eval.nms_iou, 0.1).")]
 PredBatchOpt = Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")]
-DevOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:<i> | auto.")]
 
 
 def _scales(scale: list[float] | None, multi: bool) -> list[float] | None:
@@ -36,7 +35,7 @@ def _load(checkpoint: Path, device: str):
     from rsvision.errors import ConfigError
     from rsvision.tasks import load_task
 
-    task = load_task(checkpoint, device)
+    task = load_task(checkpoint, device or "auto")
     if task.name != "detect":
         raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not detect")
     return task
@@ -73,7 +72,7 @@ def eval_(
     multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
     iou_thr: Annotated[Optional[float], typer.Option("--iou-thr", help="Default: the checkpoint's eval.iou_thr (0.5).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="voc07 | voc12 (default: the checkpoint's).")] = None,
-    batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
+    batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
 ) -> None:
     """Score merged full-image detections with the DOTA evaluator (like the DOTA server)."""
     from rsvision.errors import ConfigError
@@ -97,7 +96,7 @@ def predict(
     window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None,
     multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
     score_thr: Annotated[float, typer.Option("--score-thr", help="Drop detections below this score.")] = 0.3,
-    batch_size: PredBatchOpt = 2, device: DevOpt = "auto",
+    batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
 ) -> None:

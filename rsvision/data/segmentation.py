@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-
-import lightning as L
 
 from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, read_image
 from rsvision.errors import ConfigError, DataError

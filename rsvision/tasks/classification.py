@@ -31,13 +31,13 @@ from rsvision.tasks.base import BaseTask, RunResult, register_task
 from rsvision.tasks.common import TrainerOptions
 
 __all__ = [
-    "ModelConfig", "ClassifyOptimConfig", "ClassifyConfig", "ClassificationTask", "mix_batch",
+    "ClassifyModelConfig", "ClassifyOptimConfig", "ClassifyConfig", "ClassificationTask", "mix_batch",
     "classification_metrics", "multilabel_metrics", "dihedral_tta", "eval_dataset",
 ]
 
 
 @dataclass
-class ModelConfig:
+class ClassifyModelConfig:
     """``model:`` section: any ``timm.create_model`` name (rsvision backbones are registered)."""
 
     name: str = "resnet18"
@@ -73,7 +73,7 @@ class ClassifyConfig:
     """A whole ``rsvision classify train`` config (see ``configs/rsscn7_*.yaml``)."""
 
     data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ClassifyModelConfig = field(default_factory=ClassifyModelConfig)
     optim: ClassifyOptimConfig = field(default_factory=ClassifyOptimConfig)
     trainer: TrainerOptions = field(default_factory=_classify_trainer)
 
@@ -177,7 +177,7 @@ class ClassificationTask(BaseTask):
 
     def configure_model(self) -> nn.Module:
         hp = self.hparams
-        m = ModelConfig(**{k: v for k, v in hp.model.items() if k in ModelConfig.__dataclass_fields__})
+        m = ClassifyModelConfig(**{k: v for k, v in hp.model.items() if k in ClassifyModelConfig.__dataclass_fields__})
         extra = dict(m.kwargs)
         if m.drop_path_rate is not None:
             extra["drop_path_rate"] = m.drop_path_rate
