@@ -126,8 +126,8 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "", path: str | P
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        hints = "".join(f"; {prefix}{k} is now {prefix}{RENAMED[k]}" for k in unknown if k in RENAMED)
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}{hints}; "
+        renamed = "".join(f"; {prefix}{k} is now {prefix}{RENAMED[k]}" for k in unknown if k in RENAMED)
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}{renamed}; "
                           f"valid: {', '.join(sorted(fields))}", path=path)
     kwargs = {}
     for name, value in data.items():
@@ -137,14 +137,39 @@ def from_dict(cls: type, data: Mapping[str, Any], where: str = "", path: str | P
             if f.default_factory is not dataclasses.MISSING:  # keep the section's own defaults
                 value = deep_merge(_shallow_fields(f.default_factory()), value)
             value = from_dict(tp, value, f"{where}.{name}" if where else name, path)
-        elif isinstance(value, str) and tp in (float, int):  # `lr: 1e-3` is a str in YAML 1.1
-            try:
-                value = tp(float(value)) if tp is int else float(value)
-            except ValueError as exc:
-                key = f"{where}.{name}" if where else name
-                raise ConfigError(f"{key} must be a number, got {value!r}", path=path) from exc
+        elif value is not None:
+            value = _scalar(f"{where}.{name}" if where else name, tp, value, path)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a section's own checks (__post_init__): name the file too
+        if exc.path is None and path is not None:
+            raise ConfigError(str(exc), path=path) from exc
+        raise
+
+
+def _scalar(key: str, tp: Any, value: Any, path: str | Path | None) -> Any:
+    """A YAML / --set value checked against the field's declared type (ints, floats, bools, strings)."""
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}", path=path)
+        return value
+    if tp in (int, float):
+        if isinstance(value, str):  # `lr: 1e-3` is a str in YAML 1.1
+            try:
+                value = float(value)
+            except ValueError as exc:
+                raise ConfigError(f"{key} must be a number, got {value!r}", path=path) from exc
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}", path=path)
+        if tp is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{key} must be a whole number, got {value!r}", path=path)
+            return int(value)
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `precision: 32`
+    return value
 
 
 def load_config(path: str | Path | None, cls: type | None = None, overrides: Mapping[str, Any] | None = None,

@@ -30,7 +30,8 @@ import logging
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "apply_env_malloc", "allocator_mode", "glibc", "parse_device", "resolve_device"]
+__all__ = ["keep_freed_memory", "apply_env_malloc", "allocator_mode", "glibc", "parse_device", "resolve_device",
+           "check_device"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,24 @@ def parse_device(device) -> tuple:
     raise _device_error(device)
 
 
+def check_device(device) -> None:
+    """Fail early (ConfigError naming the option) when ``device`` names hardware this machine lacks."""
+    import torch
+
+    accelerator, devices = parse_device(device)
+    if accelerator == "gpu":
+        from rsvision.errors import ConfigError
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+        if devices != "auto" and max(devices) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif accelerator == "mps" and not torch.backends.mps.is_available():
+        from rsvision.errors import ConfigError
+
+        raise ConfigError(f"--device {device}: MPS is not available on this machine")
+
+
 def resolve_device(device=None):
     """``auto`` (CUDA when available) / ``cpu`` / ``cuda[:i]`` / ``mps`` / a torch.device -> ``torch.device``.
 
@@ -77,20 +96,17 @@ def resolve_device(device=None):
 
     if isinstance(device, torch.device):
         return device
+    check_device(device)
     accelerator, devices = parse_device(device)
     if accelerator == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if accelerator == "gpu":
-        if not torch.cuda.is_available():
-            from rsvision.errors import ConfigError
-
-            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
         if devices == "auto":
             return torch.device("cuda")
-        if len(devices) != 1 or devices[0] >= torch.cuda.device_count():
+        if len(devices) != 1:
             from rsvision.errors import ConfigError
 
-            raise ConfigError(f"device {device!r}: give one CUDA index below {torch.cuda.device_count()}")
+            raise ConfigError(f"--device {device}: inference runs on one device; give one CUDA index")
         return torch.device("cuda", devices[0])
     return torch.device(accelerator)
 

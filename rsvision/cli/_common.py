@@ -29,14 +29,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rsvision.data.raster import expand_inputs  # noqa: F401  (re-exported for CLI modules)
 from rsvision.config import deep_merge, from_dict, load_config, load_yaml, parse_set, set_dotted  # noqa: F401
+from rsvision.data.raster import expand_inputs  # noqa: F401  (re-exported for CLI modules)
+from rsvision.outputs import check_writable_file  # noqa: F401  (re-exported for CLI modules)
 from rsvision.tasks.common import write_json  # noqa: F401  (re-exported for CLI modules)
 
 __all__ = [
     "console", "ConfigOpt", "DataOpt", "ModelOpt", "ImgSizeOpt", "EpochsOpt", "BatchSizeOpt", "OutOpt",
     "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "MaxTimeOpt", "SetOpt", "CheckpointOpt",
-    "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "TopKOpt", "COMMON_OVERRIDES",
+    "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "TopKOpt", "ExistOkOpt", "COMMON_OVERRIDES",
     "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
     "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table", "train_command", "report_run",
 ]
@@ -47,16 +48,16 @@ console = Console()
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; other options override it.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Dataset root directory.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name (rsvision or timm).")]
-ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="Training image size in pixels.")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Maximum number of epochs.")]
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per device.")]
+ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=1, help="Training image size in pixels.")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Maximum number of epochs.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size per device.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (checkpoints, config, metrics, plots).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.ckpt.")]
 PretrainedOpt = Annotated[Optional[Path], typer.Option(
     "--pretrained", help="Backbone or full checkpoint (official, MMRotate, timm or rsvision format).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:<i>.")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="32 | 16-mixed | bf16-mixed.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed.")]
 MaxTimeOpt = Annotated[Optional[str], typer.Option(
     "--max-time", help="Hard training budget: minutes or DD:HH:MM:SS (kept across --resume).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
@@ -66,7 +67,9 @@ EvalDataOpt = Annotated[Optional[Path], typer.Option("--data", help="Dataset to 
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON to this file.")]
 InputsArg = Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")]
 PredictOutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory.")]
-TopKOpt = Annotated[int, typer.Option("--top-k", help="How many classes to show per image.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")]
+ExistOkOpt = Annotated[bool, typer.Option(
+    "--exist-ok", help="Write into an --out that already holds results (same names replaced, nothing else touched).")]
 
 #: CLI option name -> dotted config key (identical for every task).
 COMMON_OVERRIDES: dict[str, str] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from rsvision.cli._common import (
-    train_command,
+    ExistOkOpt,    train_command,
     CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
     JsonOpt, PredictOutOpt,
 )
@@ -30,9 +30,10 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
-            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None) -> None:
+            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
+            exist_ok: ExistOkOpt = False) -> None:
     """Change maps of pairs: INPUTS are A B [A B ...] files or folders with A/ and B/ (or a scene folder)."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change")
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change", exist_ok)
 
 
 def register(root: typer.Typer) -> None:

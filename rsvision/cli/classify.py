@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from rsvision.cli._common import (
-    train_command,
+    ExistOkOpt, check_writable_file,    train_command,
     BatchSizeOpt, CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
     JsonOpt, PredictOutOpt, TopKOpt,
     console, print_metrics,
@@ -55,6 +55,8 @@ def eval_(
 
     if data is None:
         raise ConfigError("eval needs --data DIR (class folders) or --data labels.csv")
+    check_writable_file(json_out, "--json")
+    check_writable_file(cm, "--cm")
     task = load_task(checkpoint, device or "auto")
     metrics = evaluate(task, data, split=split, split_file=split_file, batch_size=batch_size or 32, tta=tta,
                        eval_size=eval_size, skip_bad=skip_bad, progress=True)
@@ -78,12 +80,14 @@ def eval_(
 def predict(
     checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, top_k: TopKOpt = 3,
     batch_size: BatchSizeOpt = None, device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
+    exist_ok: ExistOkOpt = False,
 ) -> None:
     """Top-k classes with probabilities for images (files, folders, globs)."""
     from rsvision.tasks import load_task, predict as predict_task
 
     task = load_task(checkpoint, device or "auto")
-    preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad))
+    preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad,
+                              exist_ok=exist_ok))
     t = Table(title=f"{checkpoint.name}: top-{top_k}" + (" (multi-label)" if task.multilabel else ""))
     t.add_column("image")
     for i in range(min(top_k, len(task.classes))):

@@ -11,20 +11,20 @@ from typing import Annotated, Optional
 import typer
 
 from rsvision.cli._common import (
-    DeviceOpt,    train_command,
+    ExistOkOpt, check_writable_file,    DeviceOpt,    train_command,
     CheckpointOpt, DataOpt, InputsArg, JsonOpt, PredictOutOpt, console, write_json,
 )
 
 app = typer.Typer(help="Rotated object detection (Oriented R-CNN on LSKNet / HAKSNet / timm backbones).",
                   no_args_is_help=True)
 
-WindowOpt = Annotated[Optional[int], typer.Option("--window", help="Window size in pixels (default: checkpoint img size).")]
+WindowOpt = Annotated[Optional[int], typer.Option("--window", min=32, help="Window size in pixels (default: checkpoint img size).")]
 OverlapOpt = Annotated[Optional[int], typer.Option(
-    "--overlap", help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
+    "--overlap", min=0, help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
 ScalesOpt = Annotated[Optional[list[float]], typer.Option("--scale", help="Test rate; repeat for multi-scale (0.5 1.0 1.5).")]
 MultiScaleOpt = Annotated[bool, typer.Option("--multi-scale", help="Published multi-scale test: rates 0.5, 1.0, 1.5.")]
 NmsOpt = Annotated[Optional[float], typer.Option("--nms-iou", help="Per-class rotated NMS IoU for merging windows (default: checkpoint eval.nms_iou, 0.1).")]
-PredBatchOpt = Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")]
+PredBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")]
 
 
 def _scales(scale: list[float] | None, multi: bool) -> list[float] | None:
@@ -72,7 +72,7 @@ def eval_(
     multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
     iou_thr: Annotated[Optional[float], typer.Option("--iou-thr", help="Default: the checkpoint's eval.iou_thr (0.5).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="voc07 | voc12 (default: the checkpoint's).")] = None,
-    batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
+    batch_size: PredBatchOpt = 2, device: DeviceOpt = None, exist_ok: ExistOkOpt = False,
 ) -> None:
     """Score merged full-image detections with the DOTA evaluator (like the DOTA server)."""
     from rsvision.errors import ConfigError
@@ -80,10 +80,11 @@ def eval_(
 
     if data is None and img_dir is None:
         raise ConfigError("detect eval needs --img-dir and --ann-dir (or --data DIR with images/ and labelTxt/)")
+    check_writable_file(json_out, "--json")
     task = _load(checkpoint, device)
     res = evaluate(task, img_dir or data, ann_dir=ann_dir, dets=dets, window=window, overlap=overlap,
                    scales=_scales(scale, multi_scale), nms_iou=nms_iou, iou_thr=iou_thr, metric=metric,
-                   batch_size=batch_size, progress=True)
+                   batch_size=batch_size, progress=True, exist_ok=exist_ok)
     print_detect_metrics(res)
     if json_out is not None:
         write_json(res, json_out)
@@ -99,6 +100,7 @@ def predict(
     batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
+    exist_ok: ExistOkOpt = False,
 ) -> None:
     """Detect on images or rasters of any size; writes Task1 files, PNGs and GeoJSON to --out."""
     from rich.table import Table
@@ -114,7 +116,7 @@ def predict(
     t.add_column("per class")
     for r in predict_task(task, inputs, out, window=window, overlap=overlap, scales=_scales(scale, multi_scale),
                           nms_iou=nms_iou, score_thr=score_thr, batch_size=batch_size, png=png, geojson=geojson,
-                          progress=True):
+                          progress=True, exist_ok=exist_ok):
         det = r["detections"]
         t.add_row(Path(r["input"]).name, f"{det.width}x{det.height}", str(len(det.scores)),
                   ", ".join(f"{c} {n}" for c, n in r["counts"].items() if n))

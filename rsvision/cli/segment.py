@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rsvision.cli._common import (
-    train_command,
+    ExistOkOpt, check_writable_file,    train_command,
     CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
     JsonOpt, PredictOutOpt, console,
     metrics_table, per_class_table, write_json,
@@ -19,8 +19,8 @@ app = typer.Typer(help="Semantic segmentation: train, evaluate, predict (sliding
                   no_args_is_help=True)
 
 TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Flip test-time augmentation (default: checkpoint's).")]
-WindowOpt = Annotated[Optional[int], typer.Option("--window", help="Sliding-window size (default: training crop).")]
-OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", help="Sliding-window overlap in pixels.")]
+WindowOpt = Annotated[Optional[int], typer.Option("--window", min=1, help="Sliding-window size (default: training crop).")]
+OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", min=0, help="Sliding-window overlap in pixels.")]
 RgbOpt = Annotated[Optional[str], typer.Option(
     "--rgb", help="Input bands shown as red,green,blue in the overlay PNG, 1-based (e.g. 4,3,2); default 1,2,3.")]
 
@@ -55,7 +55,7 @@ def print_dense_metrics(m: dict, json_path: Path | None, title: str) -> None:
 
 
 def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool | None, window: int | None,
-                overlap: int | None, device: str | None, rgb: str | None, task_name: str) -> None:
+                overlap: int | None, device: str | None, rgb: str | None, task_name: str, exist_ok: bool) -> None:
     """Shared body of ``segment predict`` / ``change predict``: predict, then a table of outputs."""
     from rsvision.errors import ConfigError
     from rsvision.tasks import load_task, predict
@@ -72,7 +72,8 @@ def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool
             job = bar.add_task(name, total=None)
             return lambda i, n: bar.update(job, completed=i, total=n)
 
-        for r in predict(task, inputs, out, tta=tta, window=window, overlap=overlap, rgb=bands, progress=track):
+        for r in predict(task, inputs, out, tta=tta, window=window, overlap=overlap, rgb=bands, progress=track,
+                         exist_ok=exist_ok):
             frac = ", ".join(f"{c} {v:.1%}" for c, v in r["fraction"].items() if v > 0)
             t.add_row(r["input"], "\n".join(r["files"].values()), frac)
     console.print(t)
@@ -86,6 +87,7 @@ def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: b
 
     if data is None:
         raise ConfigError(f"{task_name} eval needs --data DIR")
+    check_writable_file(json_path, "--json")
     task = load_task(checkpoint, device or "auto")
     if task.name != task_name:
         raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
@@ -111,9 +113,10 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
-            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None) -> None:
+            window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
+            exist_ok: ExistOkOpt = False) -> None:
     """Segment images / rasters of any size: colour overlay PNG, and a GeoTIFF mask for georeferenced input."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment")
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment", exist_ok)
 
 
 def register(root: typer.Typer) -> None:

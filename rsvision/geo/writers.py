@@ -8,6 +8,7 @@ is not WGS 84, so projected coordinates (UTM, ...) stay usable without reproject
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -47,8 +48,13 @@ class MaskWriter:
     ):
         import rasterio
 
+        import tempfile
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.tif", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)  # written here, renamed to ``path`` by close(): a killed run leaves no half mask
         profile: dict[str, Any] = dict(
             driver="GTiff", height=int(height), width=int(width), count=1, dtype=dtype, compress=compress,
             predictor=2 if compress in ("deflate", "lzw") else 1,
@@ -69,7 +75,7 @@ class MaskWriter:
 
         with warnings.catch_warnings():  # plain-image input: a mask without georeferencing is fine
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self._ds = rasterio.open(self.path, "w", **profile)
+            self._ds = rasterio.open(self._tmp, "w", **profile)
         cmap = _palette_to_colormap(palette)
         if cmap is not None and dtype == "uint8":
             self._ds.write_colormap(1, cmap)
@@ -86,15 +92,19 @@ class MaskWriter:
             raise ValueError(f"rows {rows.shape} at y0={y0} do not fit a {self.height} x {self.width} mask")
         self._ds.write(rows.astype(self._ds.dtypes[0], copy=False), 1, window=Window(0, y0, self.width, rows.shape[0]))
 
-    def close(self) -> None:
+    def close(self, commit: bool = True) -> None:
+        """Finish the file: renamed into place (``commit``), or removed (a failed run)."""
         if self._ds is not None and not self._ds.closed:
             self._ds.close()
+            if commit:
+                os.replace(self._tmp, self.path)
+        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "MaskWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(commit=exc_type is None)
 
 
 def write_mask_geotiff(
@@ -191,9 +201,11 @@ def write_geojson(
     member = crs_member(crs)
     if member is not None:
         fc["crs"] = member
+    from rsvision.outputs import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fc))
+    with atomic_write(path) as f:
+        f.write(json.dumps(fc))
     return path
 
 

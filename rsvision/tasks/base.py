@@ -298,27 +298,33 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
     """
     import time
 
-    from rsvision.tasks.common import LAST, build_trainer, fit, set_threads, write_config
+    from rsvision.tasks.common import LAST, WriteConfigAtStart, build_trainer, claim_run_dir, fit, set_threads
 
     cls = next((c for c in _all_tasks() if c.config_class is type(config)), None)
     if cls is None:
         raise ConfigError(f"no task trains a {type(config).__name__}")
+    from rsvision.runtime import check_device
+
     t = config.trainer
+    t.validate()
+    check_device(t.device)
     set_threads(t.threads)
-    L.seed_everything(t.seed, workers=True, verbose=False)  # data splits and model init are part of the run
-    dm = cls.build_datamodule(config)
-    task = cls.from_config(config, dm)
-    t.monitor, t.mode = t.monitor or task.monitor, t.mode or task.mode
-    write_config(t.out, config)
-    trainer = build_trainer(t, **{**task.trainer_defaults(), **trainer_overrides})
-    t0 = time.time()
-    best = fit(trainer, task, dm, t)
-    out = Path(t.out)
-    result = RunResult(run_dir=out, best=Path(best) if best else None,
-                       last=out / LAST if (out / LAST).exists() else None, seconds=time.time() - t0)
-    result.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if trainer.is_global_zero and result.checkpoint is not None:
-        task.after_fit(config, dm, result)
+    with claim_run_dir(t):
+        L.seed_everything(t.seed, workers=True, verbose=False)  # data splits and model init are part of the run
+        dm = cls.build_datamodule(config)
+        task = cls.from_config(config, dm)
+        t.monitor, t.mode = t.monitor or task.monitor, t.mode or task.mode
+        overrides = {**task.trainer_defaults(), **trainer_overrides}
+        overrides["callbacks"] = [WriteConfigAtStart(t.out, config), *(overrides.get("callbacks") or [])]
+        trainer = build_trainer(t, **overrides)
+        t0 = time.time()
+        best = fit(trainer, task, dm, t)
+        out = Path(t.out)
+        result = RunResult(run_dir=out, best=Path(best) if best else None,
+                           last=out / LAST if (out / LAST).exists() else None, seconds=time.time() - t0)
+        result.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if trainer.is_global_zero and result.checkpoint is not None:
+            task.after_fit(config, dm, result)
     return result
 
 

@@ -83,10 +83,16 @@ class ChangeTask(DenseTask):
     def open_input(self, item: tuple[Path, Path, str]):
         from rsvision.data.raster import PairSource, RasterSource
 
-        a, b, name = item
+        a, b, _ = item
         bands = self.hparams.get("bands")
         idx = [x + 1 for x in bands] if bands else None
-        return PairSource(RasterSource(a, idx), RasterSource(b, idx)), name or Path(b).stem, f"{a} | {b}"
+        return PairSource(RasterSource(a, idx), RasterSource(b, idx)), f"{a} | {b}"
+
+    def item_path(self, item: tuple[Path, Path, str]) -> Path:
+        return Path(item[1])  # a pair is named after date B (its path when two pairs share a name)
+
+    def item_name(self, item: tuple[Path, Path, str]) -> str:
+        return item[2] or Path(item[1]).stem
 
 
 def pairs_from_inputs(inputs: list[str | Path]) -> list[tuple[Path, Path, str]]:

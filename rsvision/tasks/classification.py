@@ -388,13 +388,25 @@ class ClassificationTask(BaseTask):
 
     @torch.inference_mode()
     def predict(self, inputs: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 16,
-                top_k: int = 5, skip_bad: bool = False, progress: bool = False) -> Iterator[dict]:
+                top_k: int = 5, skip_bad: bool = False, progress: bool = False, exist_ok: bool = False
+                ) -> Iterator[dict]:
         """Yield ``{"input", "top": [(class, prob), ...], "probs": [...]}`` per image (files, folders, globs).
 
         Unreadable images raise DataError naming the file, or yield ``{"input", "error"}`` under
-        ``skip_bad``. Multi-label checkpoints give independent sigmoid probabilities. With ``out``,
-        ``predictions.json`` and ``predictions.csv`` (top-1) are written there at the end.
+        ``skip_bad``. Multi-label checkpoints give independent sigmoid probabilities. With ``out`` (new or
+        empty unless ``exist_ok``), ``predictions.json`` and ``predictions.csv`` (top-1) are written there
+        at the end.
         """
+        import contextlib
+
+        from rsvision.outputs import claim_dir
+
+        if batch_size < 1 or top_k < 1:
+            raise ConfigError(f"--batch-size and --top-k must be >= 1, got {batch_size} and {top_k}")
+        with claim_dir(out, exist_ok) if out is not None else contextlib.nullcontext():
+            yield from self._predict(inputs, out, batch_size, top_k, skip_bad)
+
+    def _predict(self, inputs, out, batch_size, top_k, skip_bad) -> Iterator[dict]:
         from rsvision.data.classification import Sample
         from rsvision.data.raster import expand_inputs
         from rsvision.errors import DataError
@@ -442,11 +454,11 @@ class ClassificationTask(BaseTask):
 def _write_predictions(task: ClassificationTask, preds: list[dict], out: Path) -> None:
     import csv
 
+    from rsvision.outputs import atomic_write
     from rsvision.tasks.common import write_json
 
-    out.mkdir(parents=True, exist_ok=True)
     write_json({"task": "classify", "classes": task.classes, "predictions": preds}, out / "predictions.json")
-    with open(out / "predictions.csv", "w", newline="") as f:
+    with atomic_write(out / "predictions.csv", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "class", "probability"])
         for p in preds:

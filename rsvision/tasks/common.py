@@ -40,6 +40,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from rsvision.data.samplers import seed_all
 from rsvision.errors import ConfigError
+from rsvision.outputs import atomic_write
 from rsvision.runtime import parse_device
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ METRICS = "metrics.csv"
 
 __all__ = [
     "TrainerOptions", "parse_max_time", "build_trainer", "fit", "resume_path",
-    "write_config", "write_json", "to_plain", "SeedEveryStep", "EpochTimeBudget", "budget_progress", "PlotCurvesAtEnd", "set_threads",
+    "write_config", "write_json", "to_plain", "claim_run_dir", "WriteConfigAtStart", "SeedEveryStep", "EpochTimeBudget", "budget_progress", "PlotCurvesAtEnd", "set_threads",
     "BEST", "LAST", "CONFIG", "METRICS",
 ]
 
@@ -84,6 +85,36 @@ class TrainerOptions:
     accumulate_grad_batches: int = 1
     threads: int | None = None  # torch intra-op threads (None: leave torch's default)
     extra: dict[str, Any] = field(default_factory=dict)  # any other Trainer(**kwargs)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field where the user set it (also called by ``train`` after attribute edits)."""
+        def bad(key: str, want: str, got: Any) -> ConfigError:
+            return ConfigError(f"trainer.{key} must be {want}, got {got!r}")
+
+        for key, low in (("max_epochs", 1), ("log_every_n_steps", 1), ("accumulate_grad_batches", 1), ("seed", 0)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise bad(key, f"a whole number >= {low}", v)
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise bad("threads", "a whole number >= 1", self.threads)
+        self.precision = str(self.precision)
+        if self.precision not in PRECISIONS:
+            raise bad("precision", " | ".join(PRECISIONS), self.precision)
+        if str(self.progress).lower() not in ("rich", "tqdm", "none"):
+            raise bad("progress", "rich | tqdm | none", self.progress)
+        if self.mode not in (None, "min", "max"):
+            raise bad("mode", "min | max", self.mode)
+        if self.gradient_clip_val is not None and not float(self.gradient_clip_val) > 0:
+            raise bad("gradient_clip_val", "> 0", self.gradient_clip_val)
+        parse_max_time(self.max_time)
+        parse_device(self.device)  # the syntax; whether it exists is checked when training starts
+
+
+PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true")
 
 
 def set_threads(n: int | None) -> None:
@@ -141,7 +172,7 @@ def write_config(out: str | Path, config: Any, name: str = CONFIG) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     if rank_zero_only.rank == 0:
-        with open(path, "w") as f:
+        with atomic_write(path) as f:
             yaml.safe_dump(to_plain(config), f, sort_keys=False)
     return path
 
@@ -161,7 +192,7 @@ def write_json(obj: Any, path: str | Path) -> Path:
     """Write metrics (dataclass / numpy / torch values converted, NaN -> null) as indented JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         json.dump(_jsonable(obj), f, indent=2)
         f.write("\n")
     return path
@@ -278,28 +309,48 @@ class _AppendingCSVLogger(CSVLogger):
 
 
 def resume_path(opts: TrainerOptions) -> str | None:
-    """``out/last.ckpt`` when resuming and it exists; warns and starts afresh when it does not."""
-    if not opts.resume:
-        return None
+    """``out/last.ckpt`` when resuming and it exists (an empty or new run directory starts afresh)."""
     p = Path(opts.out) / LAST
-    if p.exists():
-        return str(p)
-    log.warning("--resume: %s does not exist, starting a fresh run", p)
-    return None
+    return str(p) if opts.resume and p.exists() else None
 
 
-def _trim_metrics(out: Path, ckpt: str) -> None:
+def claim_run_dir(opts: TrainerOptions):
+    """The run directory for this run (:func:`rsvision.outputs.claim_dir`): new or empty, or, with
+    ``--resume``, one holding ``last.ckpt``; locked while training. DDP workers (rank > 0) only join."""
+    import contextlib
+
+    from rsvision.outputs import claim_dir
+
+    out = Path(opts.out)
+    if rank_zero_only.rank != 0:
+        return contextlib.nullcontext(out)
+    if opts.resume and out.is_dir() and any(out.iterdir()) and not (out / LAST).exists():
+        raise ConfigError(f"--resume: {out} holds no {LAST} to resume from; choose a new --out", path=out)
+    return claim_dir(out, exist_ok=opts.resume, what="--out", opt_in="--resume")
+
+
+class WriteConfigAtStart(Callback):
+    """Write the resolved ``config.yaml`` once training starts (after a resumed checkpoint has loaded),
+    so a failed ``--resume`` leaves the run directory's config describing its checkpoints."""
+
+    def __init__(self, out: str | Path, config: Any):
+        self.out, self.config = Path(out), config
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        write_config(self.out, self.config)
+
+
+def _trim_metrics(out: Path, state: dict) -> None:
     """Drop metrics.csv rows logged after the checkpoint (the partial epoch of a killed run)."""
     csv_path = out / METRICS
     if not csv_path.exists():
         return
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     step = int(state.get("global_step", 0))
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         rows = [r for r in reader if r.get("step", "") == "" or int(float(r["step"])) < step]
-    with open(csv_path, "w", newline="") as f:
+    with atomic_write(csv_path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
@@ -362,19 +413,25 @@ def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **ov
         num_sanity_val_steps=0,
     )
     kwargs.update(opts.extra or {})
+    extra_cbs = list(overrides.pop("callbacks", None) or [])  # added to rsvision's, never replacing them
     kwargs.update(overrides)
+    kwargs["callbacks"] = [*kwargs["callbacks"], *extra_cbs]
     return L.Trainer(**kwargs)
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule | None = None,
         opts: TrainerOptions | None = None, **fit_kwargs: Any) -> str | None:
     """``trainer.fit`` resuming from ``last.ckpt`` when ``opts.resume``; returns the best checkpoint path."""
+    from rsvision.errors import CheckpointError
+    from rsvision.models.checkpoints import read_checkpoint
+
     ckpt = resume_path(opts) if opts is not None else None
-    if opts is not None and rank_zero_only.rank == 0:
-        if ckpt is not None:
-            _trim_metrics(Path(opts.out), ckpt)
-        elif (Path(opts.out) / METRICS).exists():  # a fresh run in an old run dir starts a fresh log
-            (Path(opts.out) / METRICS).unlink()
+    if ckpt is not None:
+        state = read_checkpoint(ckpt)  # weights_only; a bad or malicious file: a clear error naming it
+        if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
+            raise CheckpointError("not a Lightning training checkpoint: cannot resume from it", path=ckpt)
+        if rank_zero_only.rank == 0:
+            _trim_metrics(Path(opts.out), state)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, **fit_kwargs)
     cb = trainer.checkpoint_callback
     return getattr(cb, "best_model_path", None) or None

@@ -99,7 +99,7 @@ class DenseTask(BaseTask):
         raise NotImplementedError
 
     def open_input(self, item: Any):
-        """A windowed source (``rsvision.data.raster``) for one prediction input, and its output stem."""
+        """A windowed source (``rsvision.data.raster``) for one prediction input, and its label."""
         raise NotImplementedError
 
     @classmethod
@@ -216,30 +216,46 @@ class DenseTask(BaseTask):
 
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, tta: bool | None = None,
                 window: int | None = None, overlap: int | None = None, rgb: Sequence[int] | None = None,
-                progress=None):
+                progress=None, exist_ok: bool = False):
         """Yield ``{"input", "files", "fraction"}`` per input; masks / PNGs written into ``out``.
 
         Inputs of any size are read lazily, window by window. ``rgb``: 0-based input bands shown as
         red, green, blue in the overlay. ``progress(name) -> callback(done, total)`` for progress bars.
+        ``out`` must be new or empty unless ``exist_ok`` (:mod:`rsvision.outputs`); outputs of two
+        inputs never share a name.
         """
-        out = Path(out or "predictions")
+        from rsvision.outputs import claim_dir, unique_stems
+
         ws, wo = self.window
+        size, gap = window or ws, wo if overlap is None else overlap
+        if size < 1 or not 0 <= gap < size:
+            raise ConfigError(f"--window must be >= 1 and 0 <= --overlap < --window, got {size} / {gap}")
         tta, bs = self._sliding(tta)
-        for item in self.items_from_inputs(inputs):
-            source, stem, label = self.open_input(item)
-            try:
-                if source.count != self.in_chans:
-                    raise BandMismatchError(f"raster has {source.count} bands, the checkpoint expects "
-                                            f"{self.in_chans} (bands {self.hparams.get('bands') or 'all'})",
-                                            path=source.path)
-                cb = progress(stem) if progress is not None else None
-                strips = iter_blended_strips(self, source, window or ws, wo if overlap is None else overlap,
-                                             len(self.classes), batch_size=bs, tta=tta, device=self.device, progress=cb)
-                files = write_prediction(self, strips, source, out, stem, _overview(source), rgb)
-            finally:
-                source.close()
-            fraction = files.pop("fraction")
-            yield {"input": label, "files": files, "fraction": fraction}
+        items = self.items_from_inputs(inputs)
+        stems = unique_stems([self.item_path(it) for it in items], [self.item_name(it) for it in items])
+        with claim_dir(out or "predictions", exist_ok) as out:
+            for item, stem in zip(items, stems):
+                source, label = self.open_input(item)
+                try:
+                    if source.count != self.in_chans:
+                        raise BandMismatchError(f"raster has {source.count} bands, the checkpoint expects "
+                                                f"{self.in_chans} (bands {self.hparams.get('bands') or 'all'})",
+                                                path=source.path)
+                    cb = progress(stem) if progress is not None else None
+                    strips = iter_blended_strips(self, source, size, gap, len(self.classes), batch_size=bs, tta=tta,
+                                                 device=self.device, progress=cb)
+                    files = write_prediction(self, strips, source, out, stem, _overview(source), rgb)
+                finally:
+                    source.close()
+                fraction = files.pop("fraction")
+                yield {"input": label, "files": files, "fraction": fraction}
+
+    def item_path(self, item: Any) -> Path:
+        """The file an input's outputs are named after."""
+        return Path(item)
+
+    def item_name(self, item: Any) -> str:
+        return Path(item).stem
 
     def items_from_inputs(self, inputs: Sequence[Any]) -> list:
         raise NotImplementedError
@@ -264,34 +280,44 @@ def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, imag
 
     from rsvision.data.tiling import Window
     from rsvision.geo.writers import MaskWriter
+    from rsvision.outputs import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
     H, W = source.height, source.width
     georef = source.transform is not None or source.crs is not None
-    labels = np.empty((H, W), np.uint8)
+    scale = max(1, int(np.ceil(max(H, W) / 2048)))  # the PNG pictures: at most 2048 px a side
+    k = len(task.classes)
+    labels = np.empty((H, W), np.uint8) if not georef else None  # full labels only for the PNG mask
+    small_rows, counts = [], np.zeros(k, np.int64)
     writer = MaskWriter(out / f"{stem}_mask.tif", H, W, source.transform, source.crs, nodata=255,
                         palette=task.palette) if georef else None
+    done = False
     try:
         for y0, probs in strips:
             lab = probs.argmax(0).astype(np.uint8)
             lab[~source.valid(Window(0, y0, W, lab.shape[0]))] = 255
-            labels[y0 : y0 + lab.shape[0]] = lab
+            counts += np.bincount(lab[lab != 255].ravel(), minlength=k)[:k]
+            small_rows.append(lab[(-y0) % scale :: scale, ::scale])
             if writer is not None:
                 writer.write_rows(y0, lab)
+            else:
+                labels[y0 : y0 + lab.shape[0]] = lab
+        done = True
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(commit=done)
+    small = np.concatenate(small_rows, 0)
     files = {}
+    pictures = {"overlay": overlay(image_for_overlay, small, task.palette, rgb=rgb), "color": colorize(small, task.palette)}
     if writer is not None:
         files["geotiff"] = str(writer.path)
     else:
-        Image.fromarray(labels).save(out / f"{stem}_mask.png")
-        files["mask"] = str(out / f"{stem}_mask.png")
-    scale = max(1, int(np.ceil(max(H, W) / 2048)))
-    small = labels[::scale, ::scale]
-    Image.fromarray(overlay(image_for_overlay, small, task.palette, rgb=rgb)).save(out / f"{stem}_overlay.png")
-    Image.fromarray(colorize(small, task.palette)).save(out / f"{stem}_color.png")
-    files["overlay"] = str(out / f"{stem}_overlay.png")
-    counts = np.bincount(labels[labels != 255].ravel(), minlength=len(task.classes))[: len(task.classes)]
+        pictures = {"mask": labels, **pictures}
+    for kind, arr in pictures.items():
+        path = out / f"{stem}_{kind}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(arr).save(tmp)
+        if kind != "color":
+            files[kind] = str(path)
     files["fraction"] = {c: float(n) / max(1, counts.sum()) for c, n in zip(task.classes, counts)}
     return files

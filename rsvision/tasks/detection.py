@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from rsvision.config import OptimConfig
 from rsvision.data.detection import DetectDataConfig, DetectionDataModule, resolve_classes
-from rsvision.errors import ConfigError
+from rsvision.errors import ConfigError, DataError
 from rsvision.tasks.base import BaseTask, register_task
 from rsvision.tasks.common import TrainerOptions, to_plain
 
@@ -291,36 +291,45 @@ class DetectionTask(BaseTask):
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, window: int | None = None,
                 overlap: int | None = None, scales: Sequence[float] | None = None, nms_iou: float | None = None,
                 score_thr: float = 0.0, batch_size: int = 2, png: bool = True, geojson: bool = True,
-                task1: bool = True, progress: bool = False) -> Iterator[dict]:
+                task1: bool = True, progress: bool = False, exist_ok: bool = False) -> Iterator[dict]:
         """Yield ``{"input", "detections" (SceneDetections), "files", "counts"}`` per scene (files,
-        folders, globs, or arrays), writing Task1 files (this run's, one per class), PNGs and GeoJSON
-        (georeferenced rasters) into ``out``."""
+        folders, globs, or arrays), writing a PNG and GeoJSON (georeferenced rasters) per scene into
+        ``out`` and, once every scene is done, the run's ``Task1_<class>.txt`` files (one per class).
+
+        ``out`` must be new or empty unless ``exist_ok`` (:mod:`rsvision.outputs`); outputs of two
+        inputs never share a name."""
+        from rsvision.data.dota.labels import write_task1
         from rsvision.data.raster import expand_inputs
+        from rsvision.outputs import claim_dir, unique_stems
         from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
 
-        out = Path(out or "predictions")
-        files = [x for x in inputs if not isinstance(x, (str, Path))] + expand_inputs(
-            [x for x in inputs if isinstance(x, (str, Path))]) if inputs else []
-        classes = self.classes
-        if task1:  # Task1 files gather every scene of this run: start them empty, one per class
-            out.mkdir(parents=True, exist_ok=True)
-            for c in classes:
-                (out / f"Task1_{c}.txt").write_text("")
         w, o = self.windows(window, overlap)
+        if batch_size < 1 or not 0 <= o < w:
+            raise ConfigError(f"--batch-size must be >= 1 and 0 <= --overlap < --window, got {batch_size}, {o} / {w}")
+        arrays = [x for x in inputs if not isinstance(x, (str, Path))]
+        files = expand_inputs([x for x in inputs if isinstance(x, (str, Path))]) if len(arrays) < len(inputs) else []
+        stems = [f"scene{i}" for i in range(len(arrays))] + unique_stems(files)
+        classes = self.classes
         e = self.eval_cfg
-        for i, f in enumerate(files):
-            det = predict_scene(self.model, f, self.hparams.mean, self.hparams.std, classes, w, o, batch_size,
-                                list(scales or e.scales), e.nms_iou if nms_iou is None else nms_iou, score_thr,
-                                progress=progress)
-            stem = Path(f).stem if isinstance(f, (str, Path)) else f"scene{i}"
-            written = write_scene_outputs(det, out, stem, source=f, task1=task1, png=png, geojson=geojson,
-                                          draw_thr=max(score_thr, 0.3))
-            counts = {c: int((det.labels == j).sum()) for j, c in enumerate(classes)}
-            yield {"input": str(f) if isinstance(f, (str, Path)) else stem, "detections": det,
-                   "files": {k: str(v) for k, v in written.items()}, "counts": counts}
+        dets: dict[str, list] = {c: [] for c in classes}
+        with claim_dir(out or "predictions", exist_ok) as out:
+            for f, stem in zip([*arrays, *files], stems):
+                det = predict_scene(self.model, f, self.hparams.mean, self.hparams.std, classes, w, o, batch_size,
+                                    list(scales or e.scales), e.nms_iou if nms_iou is None else nms_iou, score_thr,
+                                    progress=progress)
+                written = write_scene_outputs(det, out, stem, source=f, task1=False, png=png, geojson=geojson,
+                                              draw_thr=max(score_thr, 0.3))
+                for poly, score, label in zip(det.polys().numpy(), det.scores.tolist(), det.labels.tolist()):
+                    dets[classes[label]].append((stem, score, poly))
+                counts = {c: int((det.labels == j).sum()) for j, c in enumerate(classes)}
+                yield {"input": str(f) if isinstance(f, (str, Path)) else stem, "detections": det,
+                       "files": {k: str(v) for k, v in written.items()}, "counts": counts}
+            if task1:
+                write_task1(out, dets, classes)
 
     def evaluate(self, data: Any, ann_dir: str | Path | None = None, dets: str | Path | None = None,
-                 iou_thr: float | None = None, metric: str | None = None, **predict_options: Any) -> dict:
+                 iou_thr: float | None = None, metric: str | None = None, exist_ok: bool = False,
+                 **predict_options: Any) -> dict:
         """Detect on every full image of ``data`` (a folder with ``images/`` + ``labelTxt/``, or an image
         folder with ``ann_dir``), merge per image, score with the DOTA evaluator (like the DOTA server):
         the CONVENTIONS detect dict. ``dets`` keeps the merged Task1 files (default: a temp folder)."""
@@ -329,6 +338,8 @@ class DetectionTask(BaseTask):
         from rsvision.data.raster import is_image_file
 
         data = Path(data)
+        if not data.is_dir():
+            raise DataError("no such image folder", path=data)
         img_dir = data / "images" if (data / "images").is_dir() and ann_dir is None else data
         ann_dir = ann_dir or find_ann_dir(data)
         if ann_dir is None:
@@ -337,7 +348,7 @@ class DetectionTask(BaseTask):
         images = sorted(p for p in img_dir.iterdir() if is_image_file(p))
         e = self.eval_cfg
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(dets or tmp)
-            for _ in self.predict(images, out, png=False, geojson=False, **predict_options):
+            out = Path(dets) if dets is not None else Path(tmp) / "dets"
+            for _ in self.predict(images, out, png=False, geojson=False, exist_ok=exist_ok, **predict_options):
                 pass
             return evaluate(out, ann_dir, classes=self.classes, iou_thr=iou_thr or e.iou_thr, metric=metric or e.metric)

@@ -91,4 +91,4 @@ class SegmentationTask(DenseTask):
         from rsvision.data.raster import RasterSource
 
         bands = self.hparams.get("bands")
-        return RasterSource(item, [b + 1 for b in bands] if bands else None), Path(item).stem, str(item)
+        return RasterSource(item, [b + 1 for b in bands] if bands else None), str(item)

@@ -84,7 +84,9 @@ def save_drawn(path: str | Path, image: np.ndarray, boxes, labels=None, scores=N
     """:func:`draw_rotated_boxes` and write the result as PNG/JPEG (by suffix)."""
     from PIL import Image
 
+    from rsvision.outputs import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(draw_rotated_boxes(image, boxes, labels, scores, class_names, scale, **kwargs)).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(draw_rotated_boxes(image, boxes, labels, scores, class_names, scale, **kwargs)).save(tmp)
     return path

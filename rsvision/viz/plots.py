@@ -91,8 +91,10 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path, name: str = "
     fig.tight_layout()
     out = Path(out)
     path = out if out.suffix.lower() == ".png" else out / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    from rsvision.outputs import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -126,8 +128,10 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]] | np.ndarray, classes: Seq
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if colours[i, j] > thresh else "black")
     fig.tight_layout()
+    from rsvision.outputs import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out

@@ -297,7 +297,10 @@ def read_task1_dir(
 def write_task1(
     out_dir: str | Path, dets: Mapping[str, Iterable[Detection | tuple]], classes: Iterable[str] | None = None
 ) -> list[Path]:
-    """Write ``Task1_<class>.txt`` for every class of ``dets`` (and an empty file for each of ``classes``)."""
+    """Write ``Task1_<class>.txt`` for every class of ``dets`` (and an empty file for each of ``classes``),
+    each atomically (a killed run leaves the previous file or the new one)."""
+    from rsvision.outputs import atomic_write
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys([*(classes or []), *dets]))
@@ -306,7 +309,8 @@ def write_task1(
         rows = [d if isinstance(d, Detection) else Detection(d[0], float(d[1]), tuple(np.asarray(d[2]).reshape(8)))
                 for d in dets.get(c, [])]
         p = out_dir / f"Task1_{c}.txt"
-        p.write_text("".join(task1_line(d.image, d.score, d.poly) + "\n" for d in rows))
+        with atomic_write(p) as f:
+            f.write("".join(task1_line(d.image, d.score, d.poly) + "\n" for d in rows))
         written.append(p)
     return written
 
