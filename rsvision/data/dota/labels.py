@@ -11,6 +11,9 @@ devkit). A bad line (wrong field count, non-numeric value, unknown class when ``
 given, degenerate polygon) is reported as ``file:line: reason`` and either skipped with a warning
 (``on_error="skip"``, the default; the messages are also kept in :attr:`Annotation.errors`) or
 raised as :class:`~rsvision.errors.DataError` (``on_error="raise"`` / ``strict=True``).
+A quadrilateral that shapely's ``is_valid`` rejects (self-intersecting "bow tie", repeated
+corner) is kept -- the DOTA devkit and MMRotate use such objects as they are -- but reported with a
+``file:line`` warning (kept in :attr:`Annotation.warnings`); in strict mode it is an error.
 
 Task1 (one file per class, ``Task1_<class>.txt``, the DOTA server's detection format)::
 
@@ -86,7 +89,9 @@ class Annotation:
     path: Path | None = None
     imagesource: str | None = None
     gsd: float | None = None
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # bad lines that were skipped (file:line: reason)
+    warnings: list[str] = field(default_factory=list)  # suspicious objects that were kept (file:line: reason)
+    lines: list[int] = field(default_factory=list)  # line number of each object in the file
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -116,6 +121,34 @@ class _Reporter:
         where = f"{self.path}:{line}" if line is not None else str(self.path)
         self.ann.errors.append(f"{where}: {msg}")
         log.warning("%s: %s (skipped)", where, msg)
+
+    def warn(self, line: int | None, msg: str) -> None:
+        """A suspicious but usable object: kept with a warning (an error in strict mode)."""
+        if self.strict:
+            raise DataError(msg, path=self.path, line=line)
+        where = f"{self.path}:{line}" if line is not None else str(self.path)
+        self.ann.warnings.append(f"{where}: {msg}")
+        log.warning("%s: %s (kept)", where, msg)
+
+
+def _invalid_reason(coords: Sequence[float]) -> str | None:
+    """Why shapely's ``is_valid`` rejects the quadrilateral (``None`` when it is valid)."""
+    import shapely
+
+    p = np.asarray(coords, dtype=np.float64).reshape(4, 2)
+    geom = shapely.polygons(np.concatenate([p, p[:1]]))
+    if shapely.is_valid(geom):
+        return None
+    reason = shapely.is_valid_reason(geom)
+    kind = "self-intersecting polygon" if reason.lower().startswith(("self-intersection", "ring self")) \
+        else "invalid polygon"
+    return f"{kind} ({reason}); check the corner order"
+
+
+def _hull_area(coords: Sequence[float]) -> float:
+    import shapely
+
+    return float(shapely.area(shapely.convex_hull(shapely.multipoints(np.asarray(coords, np.float64).reshape(4, 2)))))
 
 
 def _read_text(path: Path) -> str:
@@ -150,7 +183,7 @@ def read_label_txt(
     ann = Annotation(path=path)
     report = _Reporter(path, raise_, ann)
     known = set(classes) if classes is not None else None
-    polys, names, diffs = [], [], []
+    polys, names, diffs, linenos = [], [], [], []
     for lineno, raw in enumerate(_read_text(path).splitlines(), start=1):
         line = raw.strip()
         if not line:
@@ -186,15 +219,21 @@ def read_label_txt(
         if known is not None and name not in known:
             report(lineno, f"unknown class {name!r}")
             continue
-        if not allow_degenerate and polygon_area(np.array(coords))[0] < min_area:
-            report(lineno, "degenerate polygon (zero area)")
-            continue
+        if polygon_area(np.array(coords))[0] < min_area:
+            if not allow_degenerate:  # (a symmetric "bow tie" has zero shoelace area too: say so)
+                hint = "; self-intersecting: the corners are not in order" if _hull_area(coords) >= min_area else ""
+                report(lineno, f"degenerate polygon (zero area{hint})")
+                continue
+        elif (why := _invalid_reason(coords)) is not None:
+            report.warn(lineno, why)
         polys.append(coords)
         names.append(name)
         diffs.append(diff)
+        linenos.append(lineno)
     ann.polys = np.array(polys, dtype=np.float64).reshape(-1, 8)
     ann.classes = names
     ann.difficult = np.array(diffs, dtype=np.int64)
+    ann.lines = linenos
     return ann
 
 
@@ -214,7 +253,7 @@ def write_label_txt(
     gsd: float | None = None,
     decimals: int | None = None,
 ) -> Path:
-    """Write a DOTA labelTxt file (LF endings). ``decimals=None`` writes the shortest exact form."""
+    """Write a DOTA labelTxt file (LF endings, atomically). ``decimals=None`` writes the shortest exact form."""
     path = Path(path)
     p = np.asarray(polys).reshape(-1, 8)
     if len(p) != len(classes):
@@ -230,8 +269,10 @@ def write_label_txt(
             raise ValueError(f"class names cannot be empty or contain spaces: {name!r}")
         coords = " ".join(f"{float(v):.{decimals}f}" if decimals is not None else _num(v) for v in row)
         lines.append(f"{coords} {name} {d}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
+    from rsvision.outputs import atomic_write
+
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
     return path
 
 
@@ -316,7 +357,13 @@ def write_task1(
 
 
 def append_task1(out_dir: str | Path, image: str, polys, scores, classes: Sequence[str]) -> Path:
-    """Append one image's detections to the ``Task1_<class>.txt`` files of ``out_dir``; returns ``out_dir``."""
+    """Append one image's detections to the ``Task1_<class>.txt`` files of ``out_dir``; returns ``out_dir``.
+
+    Each file is rewritten atomically (old rows + new rows under a temporary name, then renamed), so a
+    killed run leaves a file with or without this image's rows, never a half-written row.
+    """
+    from rsvision.outputs import atomic_write
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     p = np.asarray(polys).reshape(-1, 8)
@@ -325,6 +372,10 @@ def append_task1(out_dir: str | Path, image: str, polys, scores, classes: Sequen
     for poly, score, c in zip(p, s, classes):
         by_class.setdefault(c, []).append(task1_line(image, score, poly) + "\n")
     for c, lines in by_class.items():
-        with open(out_dir / f"Task1_{c}.txt", "a") as f:
-            f.writelines(lines)
+        p = out_dir / f"Task1_{c}.txt"
+        old = p.read_bytes() if p.is_file() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        with atomic_write(p, "wb") as f:
+            f.write(old + "".join(lines).encode())
     return out_dir
