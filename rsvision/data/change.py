@@ -21,7 +21,10 @@ import torch
 from torch.utils.data import Dataset
 
 from rsvision.data.raster import IMAGE_EXTENSIONS, read_image
-from rsvision.data.segmentation import CropDataModule, as_list, augment_flips, random_crop, read_mask, split_files
+from rsvision.data.samplers import split_key
+from rsvision.data.segmentation import (
+    CropDataModule, as_list, augment_flips, crop_rng, random_crop, read_mask, split_files,
+)
 from rsvision.errors import ConfigError, DataError
 
 __all__ = [
@@ -148,7 +151,9 @@ class ChangeDataset(Dataset):
     ``crop_size`` takes random crops (``samples_per_image`` per item and epoch: one scene can give a
     whole epoch of crops); ``augment`` adds flips / rotations and swaps the dates at random (change
     is symmetric) and an independent per-date, per-band gain of up to ``jitter`` (illumination
-    differences are not change). Without ``crop_size`` items are returned whole.
+    differences are not change), all drawn from :func:`~rsvision.data.segmentation.crop_rng` (keyed
+    by ``(seed, epoch, index)`` for the training sampler's keys). Without ``crop_size`` items are
+    returned whole.
     """
 
     def __init__(self, items: Sequence[ChangeItem], crop_size: int | None = None, augment: bool = False,
@@ -190,11 +195,12 @@ class ChangeDataset(Dataset):
             self._cache[i] = (pair, lab)
         return pair, lab
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
+    def __getitem__(self, key) -> dict[str, Any]:
+        idx, epoch = split_key(key)
         i = idx % len(self.items)
         pair, lab = self.load(i)
         if self.crop_size or self.augment:
-            rng = np.random.default_rng(None if self.augment else (self.seed, idx))
+            rng = crop_rng(self.seed, idx, epoch, self.augment)  # every draw below: one per-sample stream
             if self.crop_size:
                 pair, lab = random_crop([pair, lab], self.crop_size, rng, [0, self.ignore_index])
             if self.augment:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, normalize, read_image
+from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, normalize, prepare_pixels, read_image, value_scale
 from rsvision.data.transforms import ResizePolicy, SceneTransform, resize
 from rsvision.errors import BandMismatchError, ConfigError, DataError
 
@@ -268,8 +268,9 @@ class SceneDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], num_classes: int, transform: SceneTransform,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  bands: Sequence[int] | None = None, multilabel: bool = False, skip_bad: bool = False,
-                 in_chans: int | None = None):
+                 in_chans: int | None = None, train_dtype: str | None = None):
         self.samples = list(samples)
+        self.train_dtype = train_dtype  # images of another dtype are rescaled to its range (value_scale)
         self.num_classes, self.transform = num_classes, transform
         self.mean, self.std = mean, std
         self.bands, self.multilabel, self.skip_bad = bands, multilabel, skip_bad
@@ -285,12 +286,23 @@ class SceneDataset(Dataset):
         if self._cache is not None:
             return self._cache[i].float()
         s = self.samples[i]
-        arr = read_image(s.path, self.bands)
+        arr, valid = read_image(s.path, self.bands, with_mask=True)
         if self.in_chans is not None and arr.shape[0] != self.in_chans:
             raise BandMismatchError(f"image has {arr.shape[0]} bands, expected {self.in_chans}", path=s.path)
         if self.in_chans is None:
             self.in_chans = arr.shape[0]
-        return resize(torch.from_numpy(arr.astype(np.float32)), self.transform.policy.base_size)
+        # Once the band means are known (eval / predict) nodata, NaN and inf pixels read as the means
+        # (0 after normalisation) and an image without a usable pixel is bad; before (the training
+        # statistics) NaN / inf make a training image bad, nodata values are taken as they are.
+        known = self.mean is not None
+        x, ok = prepare_pixels(arr, valid if known else None, self.mean,
+                               value_scale(str(arr.dtype), self.train_dtype), s.path)
+        if not ok.all():
+            if not known:
+                raise DataError(f"{int((~ok).sum())} NaN / inf pixels in a training image", path=s.path)
+            warnings.warn(f"{s.path}: {int((~ok).sum())} nodata / NaN / inf pixels read as the band means",
+                          stacklevel=2)
+        return resize(torch.from_numpy(x), self.transform.policy.base_size)
 
     def cache(self) -> "SceneDataset":
         """Decode every image now; bad ones raise, or are dropped with a warning under ``skip_bad``."""

@@ -5,7 +5,10 @@ A sample is a dict ``{"image": (C, H, W) float tensor (raw pixel values), "boxes
 ``RResize -> RRandomFlip(0.25 h / 0.25 v / 0.25 diagonal) -> PolyRandomRotate(p=0.5, +-180 deg,
 right angles when a rect class is present) -> Normalize``; padding to 32 happens in the collate
 function. Angles are renormalised with ``rsvision.ops.norm_angle`` (no box math is re-derived
-here). Random draws use torch's generator so Lightning's worker seeding makes them reproducible.
+here). Random draws use torch's global generator; the training dataset runs the pipeline inside
+:func:`rsvision.data.samplers.seeded` ``(seed, epoch, image index)``
+(:class:`rsvision.data.detection.DetectionDataset` with the training sampler's keys), so a sample's
+flip and rotation depend on that key only and a resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from rsvision.data.raster import is_image_file, read_image
+from rsvision.data.samplers import SeededRandomSampler, seeded, split_key
 from rsvision.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,15 @@ class DetectionDataset(Dataset):
         keep_empty: keep images without (valid) objects; default drops them (training).
         bands: 0-based band indices to read (None: all).
         names: restrict to these image stems (split files).
+        seed: keys the random transforms of a :class:`~rsvision.data.samplers.SampleKey` index:
+            they then run inside :func:`~rsvision.data.samplers.seeded` ``(seed, epoch, index)``, so
+            their draws depend on that key only (a plain index: the global streams, as drawn).
     """
 
     def __init__(self, img_dir: str | Path, ann_dir: str | Path | None, classes: Sequence[str], fmt: str = "dota",
                  transforms: Callable[[dict], dict] | None = None, keep_empty: bool = False,
-                 bands: Sequence[int] | None = None, names: Sequence[str] | None = None):
+                 bands: Sequence[int] | None = None, names: Sequence[str] | None = None, seed: int = 0):
+        self.seed = int(seed)
         self.img_dir = Path(img_dir)
         self.ann_dir = Path(ann_dir) if ann_dir is not None else None
         self.classes = list(classes)
@@ -141,7 +146,8 @@ class DetectionDataset(Dataset):
             np.add.at(counts, labels, 1)
         return counts
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        i, epoch = split_key(key)
         path, boxes, labels, diff = self.items[i]
         img = read_image(path, self.bands)
         if self.bands is None and img.shape[0] == 4 and img.dtype == np.uint8 and path.suffix.lower() == ".png":
@@ -155,7 +161,11 @@ class DetectionDataset(Dataset):
             "path": str(path),
         }
         if self.transforms is not None:
-            sample = self.transforms(sample)
+            if epoch is None:
+                sample = self.transforms(sample)
+            else:
+                with seeded(self.seed, 10, epoch, i):  # torch / numpy / python draws: of this key only
+                    sample = self.transforms(sample)
         return sample
 
 
@@ -233,14 +243,27 @@ def _dirs(d: str | Path, fmt: str) -> tuple[Path, Path]:
 
 
 class DetectionDataModule(L.LightningDataModule):
-    """Train / val rotated-detection loaders with the published augmentations and pad-to-32 collate."""
+    """Train / val rotated-detection loaders with the published augmentations and pad-to-32 collate.
 
-    def __init__(self, cfg: DetectDataConfig, class_names: Sequence[str]):
+    ``seed`` (the run's ``trainer.seed``; None: the one ``lightning.seed_everything`` last set, else 0)
+    orders the training samples per epoch and keys their flips / rotations per ``(epoch, image)``.
+    """
+
+    def __init__(self, cfg: DetectDataConfig, class_names: Sequence[str], seed: int | None = None):
         super().__init__()
         self.cfg = cfg
+        self._seed = seed
         self.class_names = list(class_names)
         self.mean = cfg.mean or [123.675, 116.28, 103.53]
         self.std = cfg.std or [58.395, 57.12, 57.375]
+
+    @property
+    def seed(self) -> int:
+        if self._seed is not None:
+            return int(self._seed)
+        import os
+
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything(trainer.seed) in train()
 
     def _train_dir(self) -> Path:
         d = self.cfg.train_dir or (Path(self.cfg.root) / "train" if self.cfg.root else None)
@@ -263,7 +286,7 @@ class DetectionDataModule(L.LightningDataModule):
         ev = T.eval_transforms(self.mean, self.std)
         img, ann = _dirs(self._train_dir(), c.format)
         self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands,
-                                         _read_list(c.train_list))
+                                         _read_list(c.train_list), self.seed)
         vd = self._val_dir()
         if vd is None and c.val_list:  # HRSC / DIOR: one image folder, split by ImageSets lists
             vd = self._train_dir()
@@ -279,13 +302,15 @@ class DetectionDataModule(L.LightningDataModule):
             n_val = max(1, int(round(len(names) * c.val_split)))
             val_names = set(rng.choice(names, n_val, replace=False).tolist())
             self.train_ds = DetectionDataset(img, ann, self.class_names, c.format, tr, c.keep_empty, c.bands,
-                                             [n for n in names if n not in val_names])
+                                             [n for n in names if n not in val_names], self.seed)
             self.val_ds = DetectionDataset(img, ann, self.class_names, c.format, ev, True, c.bands, sorted(val_names))
         else:
             self.val_ds = None
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=self.cfg.num_workers,
+        # training: order by (seed, epoch), keys (index, epoch) -> augmentations of that key only (resumable)
+        sampler = SeededRandomSampler(len(ds), self.seed, keys=True) if shuffle else None
+        return DataLoader(ds, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
                           collate_fn=collate_detection, persistent_workers=self.cfg.num_workers > 0,
                           drop_last=False)
 

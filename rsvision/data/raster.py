@@ -8,28 +8,33 @@ uint16 Sentinel-2 and float reflectance are handled alike and the statistics sto
 checkpoint are exactly what ``predict`` must apply. A corrupt or truncated file raises
 :class:`~rsvision.errors.DataError` naming it (callers may catch it to skip the file).
 
-Large scenes are read window by window through a *source* (:func:`open_source`): a
-:class:`RasterSource` (any GDAL raster, lazily, with its nodata / alpha mask), an
-:class:`ArraySource` (an in-memory array) or a :class:`PairSource` (two co-registered dates);
-windows come from :mod:`rsvision.data.tiling`.
+Checked at the edge, before anything is allocated or predicted: the decoded size against a pixel
+budget (:func:`check_pixel_budget`: decompression bombs, huge headers), truncated files (PIL decodes
+PNG / JPEG / BMP / GIF / WebP, which report truncation; GDAL read errors are errors), band count.
+:func:`prepare_pixels` is the one place raw values become model input: values rescaled when the
+file's dtype differs from the training data's (:func:`value_scale`), NaN / inf and nodata pixels
+replaced by a fill value (the band mean: 0 after normalisation) and counted, never propagated.
+
+Large scenes are read window by window through a source (:mod:`rsvision.data.sources`).
 """
 from __future__ import annotations
 
 import glob
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from rsvision.data.tiling import Window
 from rsvision.errors import BandMismatchError, DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "RasterInfo", "is_image_file", "read_image", "read_info",
-    "compute_band_stats", "normalize", "BandStats", "expand_inputs", "ArraySource", "RasterSource", "PairSource", "open_source",
+    "compute_band_stats", "normalize", "BandStats", "expand_inputs", "max_pixels", "check_pixel_budget",
+    "value_scale", "prepare_pixels",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jp2")
@@ -72,53 +77,65 @@ def _read_pil(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            check_pixel_budget(img.height, img.width, path)  # from the header, before decoding
             img.load()  # decodes now: raises OSError on truncated data
             return _pil_to_array(img, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image ({type(exc).__name__}: {exc})", path=path) from exc
 
 
-def read_rasterio(path: Path, bands: Sequence[int] | None = None) -> np.ndarray:
-    """``(C, H, W)`` of any GDAL-readable raster (GeoTIFF, ENVI, ...), with rsvision's errors."""
+def read_rasterio(path: Path, bands: Sequence[int] | None = None, with_mask: bool = False):
+    """``(C, H, W)`` of any GDAL-readable raster (GeoTIFF, ENVI, ...), with rsvision's errors.
+
+    ``with_mask``: also return GDAL's ``(H, W)`` dataset mask (nodata / alpha; None when it has none).
+    """
     try:
         import rasterio
+        from rasterio.enums import ColorInterp
     except ImportError as exc:  # pragma: no cover - rasterio is a dev / geo extra
         raise DataError("reading TIFF / GeoTIFF needs rasterio (pip install rsvision[geo])", path=path) from exc
     try:
         with warnings.catch_warnings(), rasterio.open(path) as src:
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            check_pixel_budget(src.height, src.width, path)
             idx = None if bands is None else [int(b) + 1 for b in bands]
             if idx is not None and max(idx) > src.count:
                 raise BandMismatchError(f"asked for bands {list(bands)} but the file has {src.count}", path=path)
-            return src.read(idx)
-    except BandMismatchError:
+            arr = src.read(idx)
+            if not with_mask:
+                return arr
+            has_mask = src.nodata is not None or any(ci == ColorInterp.alpha for ci in src.colorinterp)
+            return arr, (src.dataset_mask() > 0 if has_mask else None)
+    except (BandMismatchError, DataError):
         raise
     except Exception as exc:  # rasterio raises RasterioIOError / CPLE_* on corrupt data
         raise DataError(f"cannot read raster ({type(exc).__name__}: {exc})", path=path) from exc
 
 
-def read_image(path: str | Path, bands: Sequence[int] | None = None) -> np.ndarray:
+def read_image(path: str | Path, bands: Sequence[int] | None = None, with_mask: bool = False):
     """Read a whole image as a ``(C, H, W)`` array in its native dtype.
 
     Args:
         path: JPEG / PNG / BMP / TIFF / GeoTIFF ... file.
         bands: 0-based band indices to keep, in this order (None: all bands).
+        with_mask: return ``(array, valid)``, ``valid`` the ``(H, W)`` nodata / alpha mask of a
+            GeoTIFF (None for formats without one).
 
     Raises:
-        DataError: missing, corrupt or truncated file (the message names it).
+        DataError: missing, corrupt, truncated or over-budget file (the message names it).
         BandMismatchError: ``bands`` asks for a band the file does not have.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError("no such image file", path=path)
     if path.suffix.lower() in _RASTERIO_EXT or path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return read_rasterio(path, bands)  # GeoTIFF, and any other GDAL format (ENVI, ...)
+        return read_rasterio(path, bands, with_mask)  # GeoTIFF, and any other GDAL format (ENVI, ...)
     arr = _read_pil(path)
     if bands is not None:
         if max(bands) >= arr.shape[0]:
             raise BandMismatchError(f"asked for bands {list(bands)} but the file has {arr.shape[0]}", path=path)
         arr = arr[list(bands)]
-    return arr
+    return (arr, None) if with_mask else arr
 
 
 def read_info(path: str | Path) -> RasterInfo:
@@ -250,112 +267,62 @@ def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str] | None
     return out
 
 
-# --- windowed sources ------------------------------------------------------------------------
-class ArraySource:
-    """An in-memory ``(C, H, W)`` image (or ``(2, C, H, W)`` pair) read window by window."""
-
-    def __init__(self, array: np.ndarray | torch.Tensor):
-        self.array = array
-        self.height, self.width = int(array.shape[-2]), int(array.shape[-1])
-        self.count = int(array.shape[-3])
-        self.transform = None
-        self.crs = None
-        self.path = None
-
-    def read(self, w: Window) -> np.ndarray:
-        a = self.array[..., w.y0 : w.y1, w.x0 : w.x1]
-        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        return a.astype(np.float32, copy=False)
-
-    def valid(self, w: Window) -> np.ndarray:
-        return np.ones((w.height, w.width), bool)
+# --- checks at the edge and the one raw-values -> model-input path ---------------------------------
+def max_pixels() -> int:
+    """The pixel budget of one image or scene: ``RSVISION_MAX_PIXELS`` (default 2**31, ~46k x 46k)."""
+    try:
+        return int(float(os.environ.get("RSVISION_MAX_PIXELS", 2**31)))
+    except ValueError as exc:
+        raise DataError(f"RSVISION_MAX_PIXELS must be a number, got {os.environ['RSVISION_MAX_PIXELS']!r}") from exc
 
 
-class RasterSource:
-    """A raster file (GeoTIFF, ENVI, PNG, JPEG, ... anything GDAL opens) read lazily by windows.
+def check_pixel_budget(height: int, width: int, path: str | Path | None = None) -> None:
+    """Refuse an image whose header claims more pixels than the budget, before allocating anything."""
+    n, budget = int(height) * int(width), max_pixels()
+    if n > budget:
+        raise DataError(f"{width}x{height} pixels ({n / 1e6:,.0f} Mpx) exceed the pixel budget of "
+                        f"{budget / 1e6:,.0f} Mpx; raise RSVISION_MAX_PIXELS if the file is meant to be this big",
+                        path=path)
 
-    ``bands`` are 1-based band indexes to read (default: all except an alpha band). ``valid``
-    comes from GDAL's dataset mask, which covers nodata values and alpha.
+
+def _nominal_max(dtype: str) -> float:
+    dt = np.dtype(dtype)
+    return 1.0 if dt.kind == "f" else float(np.iinfo(dt).max)
+
+
+def value_scale(dtype: str | None, train_dtype: str | None) -> float:
+    """Factor taking values of ``dtype`` to the range the model was trained on (``train_dtype``).
+
+    The same scene stored as uint8 (0-255), uint16 (0-65535) or float (0-1 reflectance) maps by the
+    ratio of the types' nominal ranges; 1 when the dtypes agree or the checkpoint records none.
     """
-
-    def __init__(self, path: str | Path, bands: Sequence[int] | None = None):
-        import rasterio
-        from rasterio.enums import ColorInterp
-        from rasterio.errors import NotGeoreferencedWarning
-
-        self.path = Path(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.ds = rasterio.open(self.path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise DataError(f"cannot open raster: {exc}", path=self.path) from exc
-        if bands is None:
-            bands = [i + 1 for i, ci in enumerate(self.ds.colorinterp) if ci != ColorInterp.alpha] or [1]
-        bad = [b for b in bands if not 1 <= b <= self.ds.count]
-        if bad:
-            raise BandMismatchError(f"band(s) {bad} not in a {self.ds.count}-band raster", path=self.path)
-        self.bands = list(bands)
-        self.count = len(self.bands)
-        self.height, self.width = self.ds.height, self.ds.width
-        georef = self.ds.crs is not None or not self.ds.transform.is_identity
-        self.transform = self.ds.transform if georef else None
-        self.crs = self.ds.crs
-        self.has_mask = self.ds.nodata is not None or any(ci == ColorInterp.alpha for ci in self.ds.colorinterp)
-
-    def read(self, w: Window) -> np.ndarray:
-        from rasterio.windows import Window as RWindow
-
-        try:
-            return self.ds.read(self.bands, window=RWindow(w.x0, w.y0, w.width, w.height)).astype(np.float32)
-        except Exception as exc:  # truncated / corrupt files fail here, not at open
-            raise DataError(f"cannot read window {w}: {exc}", path=self.path) from exc
-
-    def valid(self, w: Window) -> np.ndarray:
-        if not self.has_mask:
-            return np.ones((w.height, w.width), bool)
-        from rasterio.windows import Window as RWindow
-
-        return self.ds.dataset_mask(window=RWindow(w.x0, w.y0, w.width, w.height)) > 0
-
-    def close(self) -> None:
-        self.ds.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    if dtype is None or train_dtype is None or np.dtype(dtype) == np.dtype(train_dtype):
+        return 1.0
+    if np.dtype(dtype).kind == "f" and np.dtype(train_dtype).kind == "f":
+        return 1.0
+    return _nominal_max(train_dtype) / _nominal_max(dtype)
 
 
-class PairSource:
-    """Two co-registered sources read as ``(2, C, h, w)`` pairs (date A, date B)."""
+def prepare_pixels(arr: np.ndarray, valid: np.ndarray | None = None, fill: Sequence[float] | None = None,
+                   scale: float = 1.0, path: str | Path | None = None, require_valid: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ``(C, H, W)`` values -> float32 model input and the ``(H, W)`` mask of usable pixels.
 
-    def __init__(self, a, b):
-        if (a.height, a.width) != (b.height, b.width):
-            raise DataError(f"pair sizes differ: {a.height}x{a.width} vs {b.height}x{b.width}", path=getattr(b, "path", None))
-        if a.count != b.count:
-            raise BandMismatchError(f"pair band counts differ: {a.count} vs {b.count}", path=getattr(b, "path", None))
-        self.a, self.b = a, b
-        self.height, self.width, self.count = a.height, a.width, a.count
-        self.transform, self.crs, self.path = a.transform, a.crs, a.path
-
-    def read(self, w: Window) -> np.ndarray:
-        return np.stack([self.a.read(w), self.b.read(w)], 0)
-
-    def valid(self, w: Window) -> np.ndarray:
-        return self.a.valid(w) & self.b.valid(w)
-
-    def close(self) -> None:
-        for s in (self.a, self.b):
-            if hasattr(s, "close"):
-                s.close()
-
-
-def open_source(x: Any, bands: Sequence[int] | None = None):
-    """Array/tensor -> :class:`ArraySource`; path -> :class:`RasterSource`; source -> itself."""
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return ArraySource(x)
-    if isinstance(x, (str, Path)):
-        return RasterSource(x, bands)
-    return x
+    Pixels that are nodata / alpha (``valid`` False) or NaN / inf in any band are replaced by ``fill``
+    (per band, raw units; default 0) so nothing non-finite reaches a model. ``scale`` rescales values
+    (see :func:`value_scale`). ``require_valid``: raise DataError for an input without a single usable
+    pixel (a window of a scene may be all nodata; a whole image may not).
+    """
+    x = np.asarray(arr, dtype=np.float32)
+    if scale != 1.0:
+        x = x * np.float32(scale)
+    ok = np.isfinite(x).all(0) if x.dtype.kind == "f" else np.ones(x.shape[-2:], bool)
+    if valid is not None:
+        ok &= valid
+    if require_valid and not ok.any():
+        raise DataError("no usable pixels (all nodata, NaN or inf)", path=path)
+    if not ok.all():
+        x = np.array(x, copy=True)
+        f = np.zeros(x.shape[0], np.float32) if fill is None else np.asarray(fill, np.float32).reshape(-1)
+        x[:, ~ok] = f[:, None]
+    return x, ok

@@ -27,11 +27,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rsvision.data.raster import IMAGE_EXTENSIONS, compute_band_stats, read_image
+from rsvision.data.samplers import SeededRandomSampler, sample_rng, split_key
 from rsvision.errors import ConfigError, DataError
 
 __all__ = [
     "MaskEncoding", "PRESETS", "get_encoding", "read_mask", "find_pairs", "SegmentationDataset",
-    "random_crop", "augment_flips", "as_list", "split_files", "SegmentDataConfig", "CropDataModule", "SegmentationDataModule",
+    "random_crop", "augment_flips", "crop_rng", "as_list", "split_files", "SegmentDataConfig", "CropDataModule", "SegmentationDataModule",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,12 +243,29 @@ def augment_flips(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> lis
     return out
 
 
+def crop_rng(seed: int, index: int, epoch: int | None, augment: bool) -> np.random.Generator:
+    """The generator of one sample's crop position and augmentations.
+
+    Training (``augment``) with a :class:`~rsvision.data.samplers.SampleKey` from the training
+    sampler: a function of ``(seed, epoch, index)`` only, so a resumed run draws what the
+    uninterrupted one drew, whatever the batch order or worker. Augmenting without an epoch (a
+    plain index, e.g. a user's own loader): fresh draws from torch's global generator (seeded by
+    ``seed_everything``, distinct per DataLoader worker). Fixed crops without ``augment``: ``(seed, index)``.
+    """
+    if not augment:
+        return np.random.default_rng((seed, index))
+    if epoch is not None:
+        return sample_rng(seed, epoch, index)
+    return np.random.default_rng(int(torch.randint(0, 2**62, ())))
+
+
 class SegmentationDataset(Dataset):
     """``{"image": float32 (C, h, w) native units, "mask": int64 (h, w), "path": str}`` per pair.
 
     ``crop_size`` takes a random crop per access (training; images smaller than it are padded with
-    zeros / ignore); ``augment`` adds flips and 90-degree rotations. Without ``crop_size`` whole
-    images are returned (evaluation). ``bands`` are 0-based band indices to keep. ``cache`` keeps
+    zeros / ignore); ``augment`` adds flips and 90-degree rotations, drawn per sample by
+    :func:`crop_rng` (index with a :class:`~rsvision.data.samplers.SampleKey` for draws keyed by
+    ``(seed, epoch, index)``). Without ``crop_size`` whole images are returned (evaluation). ``bands`` are 0-based band indices to keep. ``cache`` keeps
     decoded files in memory (small datasets read once per epoch otherwise).
     """
 
@@ -288,11 +306,12 @@ class SegmentationDataset(Dataset):
             self._cache[i] = (img, mask)
         return img, mask
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
+    def __getitem__(self, key) -> dict[str, Any]:
+        idx, epoch = split_key(key)
         i = idx % len(self.pairs)
         img, mask = self.load(i)
         if self.crop_size or self.augment:
-            rng = np.random.default_rng(None if self.augment else (self.seed, idx))
+            rng = crop_rng(self.seed, idx, epoch, self.augment)
             if self.crop_size:
                 img, mask = random_crop([img, mask], self.crop_size, rng, [0, self.encoding.ignore_index])
             if self.augment:
@@ -374,8 +393,11 @@ class CropDataModule(L.LightningDataModule):
         return list(st.mean), list(st.std)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_ds, self.cfg.batch_size, shuffle=True, num_workers=self.cfg.num_workers,
-                          drop_last=len(self.train_ds) > self.cfg.batch_size)
+        """Shuffled by ``(seed, epoch)``; the sampler's keys make every crop / flip a function of
+        ``(seed, epoch, index)`` (:func:`crop_rng`), so a resumed run repeats the uninterrupted one."""
+        ds = self.train_ds
+        return DataLoader(ds, self.cfg.batch_size, sampler=SeededRandomSampler(len(ds), self.seed, keys=True),
+                          num_workers=self.cfg.num_workers, drop_last=len(ds) > self.cfg.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_ds, 1, shuffle=False, num_workers=self.cfg.num_workers)

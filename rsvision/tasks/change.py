@@ -20,7 +20,7 @@ from rsvision.data.segmentation import as_list
 from rsvision.errors import DataError
 from rsvision.tasks.base import register_task
 from rsvision.tasks.common import TrainerOptions
-from rsvision.tasks.dense import DenseModelConfig, DenseOptimConfig, DenseTask, SlidingConfig
+from rsvision.tasks.dense import DenseModelConfig, DenseOptimConfig, DenseTask, SlidingConfig, _first_dtype
 from rsvision.tasks.metrics import change_metrics
 
 __all__ = ["ChangeModelConfig", "ChangeConfig", "ChangeTask", "pairs_from_inputs"]
@@ -70,7 +70,7 @@ class ChangeTask(DenseTask):
     @classmethod
     def config_sections(cls, cfg: ChangeConfig, dm: ChangeDataModule) -> dict:
         mean, std = dm.band_stats()
-        return cls.task_data(cfg, CHANGE_CLASSES, CHANGE_PALETTE, mean, std)
+        return cls.task_data(cfg, CHANGE_CLASSES, CHANGE_PALETTE, mean, std, dtype=_first_dtype(dm))
 
     def eval_dataset(self, root: Any, **kw: Any) -> ChangeDataset:
         """Whole-pair dataset of every labelled pair under ``root`` (any supported layout)."""
@@ -81,12 +81,19 @@ class ChangeTask(DenseTask):
         return pairs_from_inputs(list(inputs))
 
     def open_input(self, item: tuple[Path, Path, str]):
-        from rsvision.data.raster import PairSource, RasterSource
+        from rsvision.data.sources import PairSource, RasterSource
 
         a, b, _ = item
         bands = self.hparams.get("bands")
-        idx = [x + 1 for x in bands] if bands else None
-        return PairSource(RasterSource(a, idx), RasterSource(b, idx)), f"{a} | {b}"
+        kw = dict(bands=[x + 1 for x in bands] if bands else None, fill=self.hparams.mean,
+                  train_dtype=self.hparams.get("dtype"))
+        src_a = RasterSource(a, **kw)
+        try:
+            src_b = RasterSource(b, **kw)
+        except Exception:
+            src_a.close()
+            raise
+        return PairSource(src_a, src_b), f"{a} | {b}"
 
     def item_path(self, item: tuple[Path, Path, str]) -> Path:
         return Path(item[1])  # a pair is named after date B (its path when two pairs share a name)

@@ -312,8 +312,11 @@ class ClassificationTask(BaseTask):
         d.split_file = str(dm.split_file.resolve())
         d.root = str(Path(d.root).resolve()) if d.root else None
         d.csv = str(Path(d.csv).resolve()) if d.csv else None
+        from rsvision.data.raster import read_info
+
         data = dict(classes=dm.classes, in_chans=dm.in_chans, mean=dm.mean, std=dm.std, img_size=d.img_size,
-                    resize=d.resize, bands=d.bands, multilabel=d.multilabel, eval_size=d.eval_size)
+                    resize=d.resize, bands=d.bands, multilabel=d.multilabel, eval_size=d.eval_size,
+                    dtype=read_info(dm.splits["train"][0].path).dtype)
         task = cls(model=asdict(cfg.model), data=data, optim=asdict(cfg.optim))
         if cfg.model.pretrained and not (t.resume and (Path(t.out) / "last.ckpt").exists()):
             from lightning.pytorch.utilities import rank_zero_info
@@ -491,7 +494,7 @@ def _eval_dataset(task: "ClassificationTask", samples, skip_bad: bool = False, e
     size = eval_size or hp.get("eval_size")  # checkpoints from before eval_size have none
     tf = SceneTransform(ResizePolicy(hp.img_size, hp.resize, eval_size=size), train=False)
     return SceneDataset(samples, len(task.classes), tf, hp.mean, hp.std, hp.bands, task.multilabel, skip_bad,
-                        in_chans=hp.in_chans)
+                        in_chans=hp.in_chans, train_dtype=hp.get("dtype"))
 
 
 def eval_dataset(task: "ClassificationTask", data: str | Path, split_file: str | Path | None = None,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from rsvision.config import OptimConfig
 from rsvision.data.raster import normalize
-from rsvision.errors import BandMismatchError, ConfigError
+from rsvision.errors import BandMismatchError, ConfigError, DataError
 from rsvision.tasks.base import BaseTask
 from rsvision.tasks.common import to_plain
 from rsvision.tasks.sliding import iter_blended_strips, sliding_window_inference
@@ -170,8 +170,10 @@ class DenseTask(BaseTask):
 
     # --- training recipe ----------------------------------------------------------------------------
     @classmethod
-    def task_data(cls, cfg: Any, classes: Sequence[str], palette, mean, std, extra: dict | None = None) -> dict:
-        """The ``model`` and ``data`` sections of a new task from a train config and its statistics."""
+    def task_data(cls, cfg: Any, classes: Sequence[str], palette, mean, std, extra: dict | None = None,
+                  dtype: str | None = None) -> dict:
+        """The ``model`` and ``data`` sections of a new task from a train config and its statistics
+        (``dtype``: of the training images, so other dtypes are rescaled at predict time)."""
         m = cfg.model
         model = dict(backbone=m.name, decoder=m.decoder, channels=m.channels, in_chans=len(mean),
                      backbone_kwargs=dict(m.backbone_kwargs), decoder_kwargs=dict(m.decoder_kwargs))
@@ -179,7 +181,7 @@ class DenseTask(BaseTask):
             if hasattr(m, k):
                 model[k] = getattr(m, k)
         data = dict(classes=list(classes), mean=list(mean), std=list(std), ignore_index=cfg.data.ignore_index,
-                    palette=palette, bands=cfg.data.bands, img_size=cfg.data.img_size, extra=extra)
+                    palette=palette, bands=cfg.data.bands, img_size=cfg.data.img_size, extra=extra, dtype=dtype)
         return dict(model=model, data=data, optim=to_plain(cfg.optim), sliding=to_plain(cfg.sliding))
 
     @classmethod
@@ -248,7 +250,7 @@ class DenseTask(BaseTask):
                 finally:
                     source.close()
                 fraction = files.pop("fraction")
-                yield {"input": label, "files": files, "fraction": fraction}
+                yield {"input": label, "files": files, "fraction": fraction, "invalid_pixels": source.invalid_pixels}
 
     def item_path(self, item: Any) -> Path:
         """The file an input's outputs are named after."""
@@ -261,14 +263,21 @@ class DenseTask(BaseTask):
         raise NotImplementedError
 
 
+def _first_dtype(dm) -> str | None:
+    """The dtype of the first training image (stored in the checkpoint), None for a file-less datamodule."""
+    from rsvision.data.raster import read_info
+
+    images = dm.stat_images()
+    return read_info(images[0]).dtype if images else None
+
+
 def _overview(source, max_side: int = 2048) -> np.ndarray:
     """A decimated read of a raster (date B of a pair) for the PNG overlay, never the full scene."""
     src = getattr(source, "b", source)
     scale = max(1, int(np.ceil(max(src.height, src.width) / max_side)))
     h, w = -(-src.height // scale), -(-src.width // scale)  # = labels[::scale, ::scale].shape
-    if hasattr(src, "ds"):
-        return src.ds.read(src.bands, out_shape=(src.count, h, w)).astype(np.float32)
-    return np.asarray(src.array[..., ::scale, ::scale], np.float32)
+    img = src.overview((h, w)) if hasattr(src, "overview") else np.asarray(src.array[..., ::scale, ::scale], np.float32)
+    return np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, image_for_overlay,
@@ -302,6 +311,8 @@ def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, imag
                 writer.write_rows(y0, lab)
             else:
                 labels[y0 : y0 + lab.shape[0]] = lab
+        if not counts.any():
+            raise DataError("no usable pixels (all nodata, NaN or inf): nothing predicted", path=source.path)
         done = True
     finally:
         if writer is not None:

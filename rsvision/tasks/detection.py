@@ -131,6 +131,16 @@ class DetectConfig:
 
 
 
+def _train_dtype(dm: DetectionDataModule) -> str | None:
+    """The dtype of the first training image (stored in the checkpoint: other dtypes are rescaled)."""
+    from rsvision.data.detection import _dirs
+    from rsvision.data.raster import is_image_file, read_info
+
+    img_dir = _dirs(dm._train_dir(), dm.cfg.format)[0]
+    first = next((p for p in sorted(img_dir.iterdir()) if is_image_file(p)), None) if img_dir.is_dir() else None
+    return read_info(first).dtype if first is not None else None
+
+
 @register_task
 class DetectionTask(BaseTask):
     """Train / validate / predict with any rsvision rotated detector built by ``rsvision.models.build_model``.
@@ -266,7 +276,7 @@ class DetectionTask(BaseTask):
         if not validate:  # no validation data: select best.ckpt on the training loss
             cfg.trainer.monitor, cfg.trainer.mode = "train/epoch_loss", "min"
         data = dict(class_names=dm.class_names, bands=d.bands, mean=dm.mean, std=dm.std, angle_version="le90",
-                    img_size=d.img_size, gsd=None, batch_size=d.batch_size)
+                    img_size=d.img_size, gsd=None, batch_size=d.batch_size, dtype=_train_dtype(dm))
         task = cls(model=cfg.model.build_dict(), data=data, optim=to_plain(cfg.optim), eval=to_plain(cfg.eval))
         if cfg.model.pretrained and not (cfg.trainer.resume and (Path(cfg.trainer.out) / "last.ckpt").exists()):
             task.load_pretrained(cfg.model.pretrained)
@@ -316,7 +326,7 @@ class DetectionTask(BaseTask):
             for f, stem in zip([*arrays, *files], stems):
                 det = predict_scene(self.model, f, self.hparams.mean, self.hparams.std, classes, w, o, batch_size,
                                     list(scales or e.scales), e.nms_iou if nms_iou is None else nms_iou, score_thr,
-                                    progress=progress)
+                                    progress=progress, train_dtype=self.hparams.get("dtype"))
                 written = write_scene_outputs(det, out, stem, source=f, task1=False, png=png, geojson=geojson,
                                               draw_thr=max(score_thr, 0.3))
                 for poly, score, label in zip(det.polys().numpy(), det.scores.tolist(), det.labels.tolist()):

@@ -51,10 +51,11 @@ class SceneDetections:
         return obb2poly(self.boxes.double(), "le90")
 
 
-def _open(source: Any, bands: Sequence[int] | None):
-    from rsvision.data.raster import open_source
+def _open(source: Any, bands: Sequence[int] | None, fill: Sequence[float] | None = None,
+          train_dtype: str | None = None):
+    from rsvision.data.sources import open_source
 
-    return open_source(source, [b + 1 for b in bands] if bands is not None else None)
+    return open_source(source, [b + 1 for b in bands] if bands is not None else None, fill, train_dtype)
 
 
 @torch.no_grad()
@@ -75,6 +76,7 @@ def predict_scene(
     device: str | torch.device | None = None,
     progress: bool | Callable[[int, int], None] = False,
     max_windows: int | None = None,
+    train_dtype: str | None = None,
 ) -> SceneDetections:
     """Detect rotated objects in a scene of any size.
 
@@ -91,6 +93,11 @@ def predict_scene(
         bands: 0-based bands to read (default: all non-alpha bands, which must match ``mean``).
         progress: True for a rich progress bar, or a callback ``(done, total)``.
         max_windows: process only the first N windows (benchmarks time a part of a huge scene).
+        train_dtype: dtype of the training images (a raster of another dtype is rescaled to its range).
+
+    Nodata / alpha / NaN / inf pixels are read as the band means (0 after normalisation) and counted
+    in ``stats["invalid_pixels"]``; detections are kept only where their centre lies on the image
+    (not in the padding of a window); a scene without a usable pixel raises DataError.
 
     Raises:
         BandMismatchError: the raster's band count differs from the checkpoint's.
@@ -105,7 +112,7 @@ def predict_scene(
         from rsvision.errors import ConfigError
 
         raise ConfigError(f"window overlap must be in [0, window), got overlap={overlap}, window={window}")
-    src = _open(source, bands)
+    src = _open(source, bands, list(mean), train_dtype)
     if src.count != len(mean):
         raise BandMismatchError(f"raster has {src.count} bands, the model expects {len(mean)} (checkpoint bands)",
                                 path=getattr(src, "path", None))
@@ -130,18 +137,15 @@ def predict_scene(
         bar.start()
         task = bar.add_task("detecting", total=total)
     all_b, all_s, all_l = [], [], []
-    done = 0
+    done = read_px = 0
     try:
         for rate in sorted(set(r for r, _ in jobs)):
             wins = [w for r, w in jobs if r == rate]
             for group in batched(wins, batch_size):
                 imgs = []
                 for w in group:
-                    x = torch.from_numpy(np.ascontiguousarray(src.read(w), dtype=np.float32))
-                    valid = src.valid(w)
-                    if not valid.all():  # nodata / alpha: the mean, i.e. 0 after normalisation
-                        x = torch.where(torch.from_numpy(valid)[None], x, m)
-                    x = normalize(x, m, s_)
+                    x = normalize(torch.from_numpy(np.ascontiguousarray(src.read(w))), m, s_)  # invalid: mean
+                    read_px += w.width * w.height
                     if rate != 1.0:
                         nh, nw = max(1, round(w.height * rate)), max(1, round(w.width * rate))
                         x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False,
@@ -156,7 +160,8 @@ def predict_scene(
                     b[:, 0] = b[:, 0] * sx + w.x0
                     b[:, 1] = b[:, 1] * sy + w.y0
                     b[:, 2:4] *= math.sqrt(sx * sy)
-                    keep = sc >= score_thr
+                    inside = (b[:, 0] >= w.x0) & (b[:, 0] < w.x0 + w.width) & (b[:, 1] >= w.y0) & (b[:, 1] < w.y0 + w.height)
+                    keep = (sc >= score_thr) & inside  # a centre in the 32-padding is not on the image
                     all_b.append(b[keep]), all_s.append(sc[keep]), all_l.append(lab[keep])
                 done += len(group)
                 if bar is not None:
@@ -169,6 +174,11 @@ def predict_scene(
         transform, crs, path = getattr(src, "transform", None), getattr(src, "crs", None), getattr(src, "path", None)
         if hasattr(src, "close") and not isinstance(source, (np.ndarray, torch.Tensor)) and src is not source:
             src.close()
+    invalid = int(getattr(src, "invalid_pixels", 0))
+    if read_px and invalid >= read_px:
+        from rsvision.errors import DataError
+
+        raise DataError("no usable pixels (all nodata, NaN or inf): nothing detected", path=path)
     boxes = torch.cat(all_b) if all_b else torch.zeros(0, 5)
     scores = torch.cat(all_s) if all_s else torch.zeros(0)
     labels = torch.cat(all_l) if all_l else torch.zeros(0, dtype=torch.long)
@@ -182,7 +192,7 @@ def predict_scene(
     return SceneDetections(boxes, scores, labels, H, W, list(class_names), transform, crs,
                            str(path) if path is not None else None,
                            {"windows": total, "windows_total": n_all, "raw_detections": n_raw,
-                            "megapixels": H * W / 1e6})
+                            "megapixels": H * W / 1e6, "invalid_pixels": invalid})
 
 
 def read_overview(source: Any, max_side: int = 4096, bands: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
@@ -206,7 +216,7 @@ def read_overview(source: Any, max_side: int = 4096, bands: Sequence[int] | None
         src.close()
     arr = arr[:3] if arr.shape[0] >= 3 else np.repeat(arr[:1], 3, 0)
     if arr.dtype != np.uint8:
-        a = arr.astype(np.float32)
+        a = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         lo = np.percentile(a, 2, axis=(1, 2), keepdims=True)
         hi = np.percentile(a, 98, axis=(1, 2), keepdims=True)
         arr = np.clip((a - lo) / np.maximum(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)

@@ -21,7 +21,7 @@ from rsvision.data.segmentation import (
 from rsvision.errors import ConfigError
 from rsvision.tasks.base import register_task
 from rsvision.tasks.common import TrainerOptions
-from rsvision.tasks.dense import DenseModelConfig, DenseOptimConfig, DenseTask, SlidingConfig
+from rsvision.tasks.dense import DenseModelConfig, DenseOptimConfig, DenseTask, SlidingConfig, _first_dtype
 from rsvision.tasks.metrics import segmentation_metrics
 
 __all__ = ["SegmentConfig", "SegmentationTask"]
@@ -65,7 +65,8 @@ class SegmentationTask(DenseTask):
     def config_sections(cls, cfg: SegmentConfig, dm: SegmentationDataModule) -> dict:
         mean, std = dm.band_stats()
         enc = dm.encoding
-        return cls.task_data(cfg, enc.classes, enc.palette, mean, std, extra={"mask": enc.as_dict()})
+        return cls.task_data(cfg, enc.classes, enc.palette, mean, std, extra={"mask": enc.as_dict()},
+                             dtype=_first_dtype(dm))
 
     def eval_dataset(self, root: Any, mask: Any = None, images: str = "images",
                      masks: str = "masks") -> SegmentationDataset:
@@ -88,7 +89,8 @@ class SegmentationTask(DenseTask):
         return expand_inputs(inputs)
 
     def open_input(self, item: Path):
-        from rsvision.data.raster import RasterSource
+        from rsvision.data.sources import RasterSource
 
         bands = self.hparams.get("bands")
-        return RasterSource(item, [b + 1 for b in bands] if bands else None), str(item)
+        return RasterSource(item, [b + 1 for b in bands] if bands else None, fill=self.hparams.mean,
+                            train_dtype=self.hparams.get("dtype")), str(item)

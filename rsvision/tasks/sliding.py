@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from rsvision.data.raster import open_source
+from rsvision.data.sources import open_source
 from rsvision.data.tiling import Window, window_starts
 
 __all__ = ["blend_weights", "iter_blended_strips", "sliding_window_inference", "predict_probs"]
@@ -64,12 +64,15 @@ def iter_blended_strips(
     weight: str = "triangle",
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
+    min_size: int = 32,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(y0, probs)``: finished row strips ``probs`` of shape ``(K, h, W)`` from row ``y0`` down.
 
     ``source`` is anything with ``height``, ``width`` and ``read(window)`` (see :func:`open_source`);
     ``predict_fn`` maps a float batch (``(B, C, h, w)`` or ``(B, 2, C, h, w)``) to logits
-    ``(B, K, h, w)``. Strips are yielded top to bottom and cover every row exactly once.
+    ``(B, K, h, w)``. Strips are yielded top to bottom and cover every row exactly once. Images
+    smaller than ``min_size`` on a side are padded to it (with the source's fill values, i.e. the band
+    means) so a network with a stride-32 stem still sees a valid input; the padding is cropped off.
     """
     source = open_source(source)
     H, W = source.height, source.width
@@ -85,7 +88,7 @@ def iter_blended_strips(
         for i in range(0, len(wins), batch_size):
             group = wins[i : i + batch_size]
             batch = torch.from_numpy(np.stack([source.read(w) for w in group])).to(device)
-            probs = predict_probs(predict_fn, batch, tta).cpu()
+            probs = predict_probs(predict_fn, _pad_small(batch, min_size, source), tta)[..., :wh, :ww].cpu()
             if probs.shape[1] != num_classes or probs.shape[-2:] != (wh, ww):
                 raise ValueError(f"model returned {tuple(probs.shape)}, expected (B, {num_classes}, {wh}, {ww})")
             for w, p in zip(group, probs):
@@ -99,6 +102,20 @@ def iter_blended_strips(
         yield y0, acc[:, :k] / wsum[None, :k]
         acc = np.concatenate([acc[:, k:], np.zeros((num_classes, k, W), np.float32)], 1)
         wsum = np.concatenate([wsum[k:], np.zeros((k, W), np.float32)], 0)
+
+
+def _pad_small(batch: torch.Tensor, min_size: int, source: Any) -> torch.Tensor:
+    """Pad ``(..., C, h, w)`` on the bottom / right up to ``min_size`` with the source's per-band fill."""
+    h, w = batch.shape[-2:]
+    if h >= min_size and w >= min_size:
+        return batch
+    shape = (*batch.shape[:-2], max(h, min_size), max(w, min_size))
+    fill = getattr(source, "fill", None)
+    out = torch.zeros(shape, dtype=batch.dtype, device=batch.device)
+    if fill is not None:
+        out += torch.as_tensor(fill, dtype=batch.dtype, device=batch.device).view(-1, 1, 1)
+    out[..., :h, :w] = batch
+    return out
 
 
 def sliding_window_inference(

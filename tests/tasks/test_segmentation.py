@@ -14,7 +14,7 @@ from rsvision.data.synthetic.segmentation import SEG_CLASSES, make_segmentation_
 from rsvision.errors import BandMismatchError
 from rsvision.models.segmentation import Segmentor
 from rsvision.tasks.metrics import confusion_matrix, segmentation_metrics
-from rsvision.data.raster import RasterSource
+from rsvision.data.sources import RasterSource
 from rsvision.tasks.sliding import blend_weights, iter_blended_strips, sliding_window_inference
 
 
