@@ -1,7 +1,15 @@
-"""``rsvision dota split|merge|eval|submit``: the DOTA toolchain (a thin layer over :mod:`rsvision.data.dota`)."""
+"""``rsvision dota split|merge|eval|submit``: the DOTA toolchain (a thin layer over :mod:`rsvision.data.dota`).
+
+Outputs follow CONVENTIONS "Outputs": ``split`` / ``merge`` claim their ``--out`` folder (refused when it
+holds results unless ``--exist-ok``; locked while they write), ``submit`` refuses an existing zip unless
+``--exist-ok``; every file is written atomically and nothing a run did not write is deleted. Bad options
+fail before any work. User errors (:class:`rsvision.errors.RSVisionError`) print one ``error:`` line
+naming the file / option and exit with status 2.
+"""
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,13 +17,28 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rsvision.cli._common import JsonOpt, console, write_json
-from rsvision.errors import ConfigError
+from rsvision.cli._common import ExistOkOpt, JsonOpt, check_writable_file, console, write_json
+from rsvision.errors import ConfigError, RSVisionError
 
 app = typer.Typer(help="DOTA toolchain: split large images, merge patch detections, evaluate (devkit task 1), "
                   "make the server submission.", no_args_is_help=True)
 
 _MULTI = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _user_errors(fn):
+    """Run a command; a user error is one ``error:`` line on stderr and exit status 2 (as ``rsvision``'s
+    entry point does, but also under ``typer.testing.CliRunner``)."""
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RSVisionError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+
+    return command
 
 
 def _multi_values(args: list[str]) -> argparse.Namespace:
@@ -33,20 +56,42 @@ def _multi_values(args: list[str]) -> argparse.Namespace:
     return ns
 
 
+def _class_list(version: str) -> list[str]:
+    from rsvision.data.dota import class_names
+
+    try:
+        return list(class_names(version))
+    except ValueError as exc:
+        raise ConfigError(f"--version: {exc}") from exc
+
+
+_FRACTION = dict(min=0.0, max=1.0)
+
+
 @app.command(context_settings=_MULTI)
+@_user_errors
 def split(
     ctx: typer.Context,
     img_dir: Annotated[Path, typer.Option("--img-dir", help="Folder of full-size images.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (images/ and annfiles/ are created).")],
     ann_dir: Annotated[Optional[Path], typer.Option("--ann-dir", help="labelTxt folder (optional).")] = None,
-    iof_thr: Annotated[float, typer.Option("--iof-thr", help="Keep an object in a window when >= this "
-                                           "fraction of its area lies inside.")] = 0.7,
-    img_rate_thr: Annotated[float, typer.Option("--img-rate-thr", help="Drop windows the image covers "
-                                                "by no more than this fraction.")] = 0.6,
+    iof_thr: Annotated[float, typer.Option("--iof-thr", **_FRACTION, help="Keep an object in a window when >= "
+                                           "this fraction of its area lies inside.")] = 0.7,
+    img_rate_thr: Annotated[float, typer.Option("--img-rate-thr", **_FRACTION, help="Drop windows the image "
+                                                "covers by no more than this fraction.")] = 0.6,
     padding: Annotated[bool, typer.Option("--padding/--no-padding", help="Pad border patches to the full "
                                           "window (MMRotate value BGR 104,116,124).")] = True,
-    workers: Annotated[int, typer.Option("--workers", help="Parallel processes.")] = 1,
+    keep_empty: Annotated[bool, typer.Option("--keep-empty/--no-keep-empty", help="Write windows without "
+                                             "objects (MMRotate does); --no-keep-empty needs --ann-dir.")] = True,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse images with more "
+                                                      "pixels (default $RSVISION_MAX_PIXELS, else 2**31).")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Report truncated / corrupt images and split the "
+                                           "others (default: stop at the first one).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="A bad label line or self-intersecting polygon is "
+                                         "an error (default: a file:line warning).")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel processes.")] = 1,
     save_ext: Annotated[str, typer.Option("--save-ext", help="Patch image format.")] = ".png",
+    exist_ok: ExistOkOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Split images into overlapping patches exactly like MMRotate's img_split.py.
@@ -54,41 +99,53 @@ def split(
     Window lists take several values, space-separated: --sizes 1024 [N ...] (default 1024),
     --gaps 200 [N ...] (one per size, default 200), --rates 1.0 [R ...] (default 1.0; a rate r
     uses windows of size/r original pixels, e.g. multi-scale: --rates 0.5 1.0 1.5 --gaps 500).
+    Windows that are all nodata (dataset mask / alpha) are not written.
     """
-    from rsvision.data.dota import SplitConfig, split_dataset
+    from rsvision.data.dota import SplitConfig, check_split_config, split_dataset
 
     ns = _multi_values(list(ctx.args))
     cfg = SplitConfig(sizes=ns.sizes or [1024], gaps=ns.gaps or [200], rates=ns.rates or [1.0], iof_thr=iof_thr,
-                      img_rate_thr=img_rate_thr, padding=padding, save_ext=save_ext)
+                      img_rate_thr=img_rate_thr, padding=padding, save_ext=save_ext, keep_empty=keep_empty,
+                      max_pixels=max_pixels)
+    check_split_config(cfg)
+    check_writable_file(json_out, "--json")
     n = sum(1 for p in img_dir.iterdir() if p.is_file()) if img_dir.is_dir() else 0
     cols = (TextColumn("[bold]split"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
     with Progress(*cols, console=console, transient=False) as prog:
         task = prog.add_task("", total=n or None)
-        summary = split_dataset(img_dir, ann_dir, out, cfg, workers=workers,
-                                progress=lambda name: prog.update(task, advance=1, description=name))
+        summary = split_dataset(img_dir, ann_dir, out, cfg, workers=workers, exist_ok=exist_ok, skip_bad=skip_bad,
+                                strict=strict, progress=lambda name: prog.update(task, advance=1, description=name))
     t = Table(title=f"dota split -> {out}")
-    for k in ("images", "patches", "objects"):
+    for k in ("images", "patches", "objects", "nodata windows", "empty windows", "failed"):
         t.add_column(k, justify="right")
-    t.add_column("failed", justify="right")
-    t.add_row(str(summary["images"]), str(summary["patches"]), str(summary["objects"]), str(len(summary["failed"])))
+    t.add_row(str(summary["images"]), str(summary["patches"]), str(summary["objects"]),
+              str(summary["skipped_nodata"]), str(summary["skipped_empty"]), str(len(summary["failed"])))
     console.print(t)
     for name, why in summary["failed"].items():
-        console.print(f"[yellow]skipped[/] {name}: {why}")
+        typer.echo(f"skipped {name}: {why}", err=True)
+    issues = summary["label_issues"]
+    for msg in issues[:20]:
+        typer.echo(f"warning: {msg}", err=True)
+    if len(issues) > 20:
+        typer.echo(f"warning: ... {len(issues) - 20} more label problems (see the --json summary)", err=True)
     if json_out is not None:
         write_json({"sizes": list(cfg.sizes), "gaps": list(cfg.gaps), "rates": list(cfg.rates), **summary}, json_out)
 
 
 @app.command()
+@_user_errors
 def merge(
     dets: Annotated[Path, typer.Option("--dets", help="Folder of patch-level Task1_<class>.txt files.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the full-image Task1 files.")],
-    iou_thr: Annotated[float, typer.Option("--iou-thr", help="Per-class rotated NMS IoU threshold.")] = 0.1,
+    iou_thr: Annotated[float, typer.Option("--iou-thr", **_FRACTION, help="Per-class rotated NMS IoU threshold.")] = 0.1,
+    exist_ok: ExistOkOpt = False,
     json_out: JsonOpt = None,
 ) -> None:
     """Merge patch detections onto the full images (shift by the patch offset + per-class rotated NMS)."""
     from rsvision.data.dota import merge_task1_dir
 
-    counts = merge_task1_dir(dets, out, iou_thr)
+    check_writable_file(json_out, "--json")
+    counts = merge_task1_dir(dets, out, iou_thr, exist_ok=exist_ok)
     if json_out is not None:
         write_json({"iou_thr": iou_thr, "detections": counts}, json_out)
     t = Table(title=f"dota merge -> {out}")
@@ -100,22 +157,28 @@ def merge(
 
 
 @app.command("eval")
+@_user_errors
 def eval_(
     dets: Annotated[Path, typer.Option("--dets", help="Folder of Task1_<class>.txt (image score x1 y1 ... y4).")],
     ann_dir: Annotated[Path, typer.Option("--ann-dir", help="labelTxt folder of the full images.")],
     metric: Annotated[str, typer.Option("--metric", help="voc07 (11-point, devkit default) | voc12 (all-point).")] = "voc07",
-    iou_thr: Annotated[float, typer.Option("--iou-thr", help="A match needs IoU > this (strict).")] = 0.5,
-    version: Annotated[Optional[str], typer.Option("--version", help="Class list: dota1.0 | dota1.5 | dota2.0 "
-                                                   "(default: the smallest that fits the data).")] = None,
+    iou_thr: Annotated[float, typer.Option("--iou-thr", **_FRACTION, help="A match needs IoU > this (strict).")] = 0.5,
+    version: Annotated[Optional[str], typer.Option("--version", help="Class list: dota1.0 | dota1.5 | dota2.0 | "
+                                                   "dior (default: the smallest that fits the data).")] = None,
     json_out: JsonOpt = None,
 ) -> None:
-    """Evaluate Task1 detections exactly like the official DOTA devkit (task 1, oriented boxes)."""
-    from rsvision.data.dota import class_names, evaluate
+    """Evaluate Task1 detections exactly like the official DOTA devkit (task 1, oriented boxes).
+
+    A ground-truth class outside the class list is an error naming the label file and line. mAP averages
+    the classes that have ground truth; the others have AP null ("-").
+    """
+    from rsvision.data.dota import evaluate
 
     if metric not in ("voc07", "voc12"):
         raise ConfigError(f"--metric must be voc07 or voc12, got {metric!r}")
-    classes = list(class_names(version)) if version else None
-    res = evaluate(dets, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric)
+    classes = _class_list(version) if version else None
+    check_writable_file(json_out, "--json")
+    res = evaluate(dets, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric, strict_classes=True)
     t = Table(title=f"DOTA task 1 ({metric}, IoU > {iou_thr})")
     t.add_column("class")
     t.add_column("num_gt", justify="right")
@@ -125,22 +188,28 @@ def eval_(
     t.add_section()
     t.add_row("[bold]mAP", str(sum(res["num_gt"].values())), "-" if res["mAP"] is None else f"[bold]{res['mAP']:.4f}")
     console.print(t)
+    if res["mAP"] is None:
+        typer.echo(f"warning: no class has (non-difficult) ground truth in {ann_dir}: mAP is null", err=True)
     if json_out is not None:
         p = write_json(res, json_out)
         console.print(f"metrics written to [bold]{p}[/]")
 
 
 @app.command()
+@_user_errors
 def submit(
     dets: Annotated[Path, typer.Option("--dets", help="Folder of merged full-image Task1_<class>.txt files.")],
     out: Annotated[Path, typer.Option("--out", help="Zip file to write.")],
     version: Annotated[str, typer.Option("--version", help="dota1.0 | dota1.5 | dota2.0.")] = "dota1.0",
     allow_patches: Annotated[bool, typer.Option("--allow-patches", help="Accept patch-level image names.")] = False,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace an existing zip (atomically).")] = False,
 ) -> None:
     """Write the Task1 zip the DOTA evaluation server expects (one file per class, validated)."""
     from rsvision.data.dota import make_submission
 
-    counts = make_submission(dets, out, version=version, allow_patches=allow_patches)
+    classes = _class_list(version)
+    counts = make_submission(dets, out, version=version, classes=classes, allow_patches=allow_patches,
+                             exist_ok=exist_ok)
     console.print(f"wrote [bold]{out}[/]: {len(counts)} class files, {sum(counts.values())} detections")
 
 

@@ -23,7 +23,18 @@ from .labels import (
     write_task1,
 )
 from .merge import merge_detections, merge_task1_dir
-from .split import SplitConfig, parse_patch_name, patch_name, split_dataset, split_image, window_objects, window_sizes
+from .split import (
+    SplitConfig,
+    SplitOptionError,
+    check_split_config,
+    max_pixels_budget,
+    parse_patch_name,
+    patch_name,
+    split_dataset,
+    split_image,
+    window_objects,
+    window_sizes,
+)
 from .submit import make_submission
 
 __all__ = [
@@ -31,6 +42,7 @@ __all__ = [
     "Annotation", "read_label_txt", "write_label_txt", "polygon_area", "read_dior_xml", "read_hrsc_xml",
     "hrsc_box_to_poly", "Detection", "read_task1", "read_task1_dir", "write_task1", "append_task1", "task1_line",
     "SplitConfig", "window_sizes", "window_objects", "split_image", "split_dataset", "patch_name",
-    "parse_patch_name", "merge_detections", "merge_task1_dir", "voc_ap", "poly_iou", "evaluate_class",
-    "evaluate_polys", "evaluate", "load_ground_truth", "make_submission",
+    "parse_patch_name", "check_split_config", "max_pixels_budget", "SplitOptionError", "merge_detections",
+    "merge_task1_dir", "voc_ap", "poly_iou", "evaluate_class", "evaluate_polys", "evaluate", "load_ground_truth",
+    "make_submission",
 ]

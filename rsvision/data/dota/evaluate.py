@@ -15,7 +15,11 @@ Reproduced details (``DOTA_devkit/dota_evaluation_task1.py``):
 Detections on images that have no annotation file are ignored (counted in the log), like
 detections outside the server's image set. The result is the detect metric JSON of CONVENTIONS:
 fractions, ``AP[class] = None`` for classes without (non-difficult) ground truth, and ``mAP`` the
-mean over the classes that have some.
+mean over the classes that have some (``None`` when no class has any).
+
+A ground-truth class outside the evaluated class list is an error naming the label file and line
+(it would otherwise be dropped, or, with an inferred list, become a class nothing can match); Task1
+files of classes outside the list are ignored with a warning.
 """
 from __future__ import annotations
 
@@ -26,9 +30,17 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import shapely
 
-from rsvision.errors import DataError
+from rsvision.errors import ConfigError, DataError
 
-from .labels import DOTA1_0_CLASSES, DOTA1_5_CLASSES, DOTA2_0_CLASSES, Detection, read_label_txt, read_task1_dir
+from .labels import (
+    DIOR_CLASSES,
+    DOTA1_0_CLASSES,
+    DOTA1_5_CLASSES,
+    DOTA2_0_CLASSES,
+    Detection,
+    read_label_txt,
+    read_task1_dir,
+)
 
 __all__ = ["voc_ap", "poly_iou", "evaluate_class", "evaluate_polys", "evaluate", "load_ground_truth"]
 
@@ -138,9 +150,11 @@ def evaluate_class(
     return voc_ap(rec, prec, use_07_metric), npos, rec, prec
 
 
-def _check_metric(metric: str) -> bool:
+def _check_metric(metric: str, iou_thr: float | None = None) -> bool:
     if metric not in ("voc07", "voc12"):
         raise ValueError(f"metric must be 'voc07' or 'voc12', got {metric!r}")
+    if iou_thr is not None and not (isinstance(iou_thr, (int, float)) and 0 <= iou_thr <= 1):
+        raise ConfigError(f"--iou-thr must be in [0, 1], got {iou_thr!r}")
     return metric == "voc07"
 
 
@@ -159,7 +173,7 @@ def evaluate_polys(
             of the evaluated set must be a key (an image without objects maps to empty arrays).
         classes: the classes to score (others are ignored, in detections and ground truth).
     """
-    use07 = _check_metric(metric)
+    use07 = _check_metric(metric, iou_thr)
     ap_out: dict[str, float | None] = {}
     num_gt: dict[str, int] = {}
     for c in classes:
@@ -186,9 +200,10 @@ def evaluate_polys(
 
 
 def load_ground_truth(ann_dir: str | Path, classes: Sequence[str] | None = None) -> dict[str, dict]:
-    """``{image stem: {"polys", "classes", "difficult"}}`` from every ``*.txt`` labelTxt in ``ann_dir``.
+    """``{image stem: {"polys", "classes", "difficult", "lines"}}`` from every ``*.txt`` labelTxt in ``ann_dir``.
 
-    Degenerate polygons are kept (the devkit counts them as ground truth that nothing matches).
+    Degenerate polygons are kept (the devkit counts them as ground truth that nothing matches). With
+    ``classes``, an object of another class is a :class:`DataError` naming the file and line.
     """
     ann_dir = Path(ann_dir)
     if not ann_dir.is_dir():
@@ -196,17 +211,46 @@ def load_ground_truth(ann_dir: str | Path, classes: Sequence[str] | None = None)
     out = {}
     for p in sorted(ann_dir.glob("*.txt")):
         ann = read_label_txt(p, on_error="skip", allow_degenerate=True)
-        out[p.stem] = {"polys": ann.polys, "classes": ann.classes, "difficult": ann.difficult}
+        out[p.stem] = {"polys": ann.polys, "classes": ann.classes, "difficult": ann.difficult, "lines": ann.lines,
+                       "path": p}
     if not out:
         raise DataError("no labelTxt (*.txt) files in the annotation folder", path=ann_dir)
+    if classes is not None:
+        _check_gt_classes(out, set(classes), f"is not in the evaluated class list ({_short(classes)})")
     return out
 
 
-def _default_classes(names: set[str]) -> list[str]:
-    for lst in (DOTA1_0_CLASSES, DOTA1_5_CLASSES, DOTA2_0_CLASSES):
+def _short(names: Sequence[str]) -> str:
+    names = list(names)
+    return ", ".join(names) if len(names) <= 20 else ", ".join(names[:20]) + f", ... ({len(names)} classes)"
+
+
+def _check_gt_classes(gts: Mapping[str, Mapping], known: set[str], why: str, found: str = "") -> None:
+    """DataError at the first object whose class is not ``known`` (file:line), listing every such class."""
+    first: dict[str, tuple[Path, int | None]] = {}
+    for name, g in gts.items():
+        lines = list(g.get("lines") or [None] * len(g["classes"]))
+        for c, ln in zip(g["classes"], lines):
+            if c not in known and c not in first:
+                first[c] = (Path(g.get("path", name)), ln)
+    if not first:
+        return
+    (c0, (path, line)), others = next(iter(first.items())), list(first.items())[1:]
+    more = "".join(f"; also {c!r} ({p}:{ln})" for c, (p, ln) in others[:5])
+    raise DataError(f"ground-truth class {c0!r} {why}{more}{found}; fix the label, or choose the class list "
+                    "with --version", path=path, line=line)
+
+
+_KNOWN_LISTS = (("dota1.0", DOTA1_0_CLASSES), ("dota1.5", DOTA1_5_CLASSES), ("dota2.0", DOTA2_0_CLASSES),
+                ("dior", DIOR_CLASSES))
+
+
+def _default_classes(names: set[str]) -> list[str] | None:
+    """The smallest known class list holding ``names`` (None when none does)."""
+    for _, lst in _KNOWN_LISTS:
         if names <= set(lst):
             return list(lst)
-    return sorted(names)
+    return None
 
 
 def evaluate(
@@ -215,20 +259,38 @@ def evaluate(
     classes: Sequence[str] | None = None,
     iou_thr: float = 0.5,
     metric: str = "voc07",
+    strict_classes: bool = False,
 ) -> dict:
     """Evaluate ``Task1_<class>.txt`` files against a labelTxt folder -> detect metric JSON dict.
 
-    ``classes=None`` picks the smallest DOTA class list (v1.0, v1.5, v2.0) that holds every class
-    seen in the ground truth and the detections (else their sorted union).
+    ``classes=None`` picks the smallest known class list (DOTA v1.0, v1.5, v2.0, DIOR-R) that holds every
+    class seen in the ground truth and the detections (else the one holding the ground-truth classes); a
+    ground-truth class in none of them is a :class:`DataError` naming the label file and line and the
+    classes found. Given ``classes`` are scored and other ground truth is ignored, or, with
+    ``strict_classes`` (the CLI's ``--version``), is such an error too.
     """
-    _check_metric(metric)
-    gts = load_ground_truth(ann_dir)
-    dets = read_task1_dir(dets_dir, classes)
+    _check_metric(metric, iou_thr)
+    gts = load_ground_truth(ann_dir, classes if strict_classes else None)
+    dets = read_task1_dir(dets_dir, classes)  # with a class list, only its files are read
+    gt_names = {c for g in gts.values() for c in g["classes"]}
     if classes is None:
-        seen = {c for g in gts.values() for c in g["classes"]} | {c for c, v in dets.items() if v}
-        classes = _default_classes(seen)
+        det_names = {c for c, v in dets.items() if v}
+        classes = _default_classes(gt_names | det_names) or _default_classes(gt_names)
+        if classes is None:
+            known = set().union(*(lst for _, lst in _KNOWN_LISTS))
+            _check_gt_classes(gts, known, f"is in no known class list ({', '.join(n for n, _ in _KNOWN_LISTS)})",
+                              f"; classes found in {ann_dir}: {_short(sorted(gt_names))}")
+            raise DataError(f"classes found in the ground truth fit no single known class list: "
+                            f"{_short(sorted(gt_names))}; choose one with --version", path=ann_dir)
+    ignored = sorted(p.name for p in Path(dets_dir).glob("Task1_*.txt") if p.name[6:-4] not in set(classes))
+    if ignored:
+        log.warning("%s: Task1 file(s) of class(es) outside the evaluated list ignored: %s", dets_dir,
+                    ", ".join(ignored))
     unknown = {d.image for rows in dets.values() for d in rows} - set(gts)
     if unknown:
         log.warning("%d image name(s) in the detections have no annotation file (ignored), e.g. %s",
                     len(unknown), sorted(unknown)[:3])
-    return evaluate_polys(dets, gts, list(classes), iou_thr, metric)
+    res = evaluate_polys(dets, gts, list(classes), iou_thr, metric)
+    if res["mAP"] is None:
+        log.warning("%s: no class has (non-difficult) ground truth, so mAP is undefined (null)", ann_dir)
+    return res

@@ -4,6 +4,10 @@ Each detection of patch ``<id>__<size>__<x>___<y>`` is shifted by ``(x, y)``; th
 image and class, rotated NMS (:func:`rsvision.ops.nms_rotated`, suppress at ``IoU >= iou_thr``,
 default 0.1) removes the duplicates that overlapping windows produce. The kept rows keep their
 original (shifted) polygons; the NMS sees them as ``le90`` rotated boxes (:func:`rsvision.ops.poly2obb`).
+
+:func:`merge_task1_dir` reads and merges everything before it claims the output folder
+(:func:`rsvision.outputs.claim_dir`: refused when it holds results unless ``exist_ok``); it writes each
+``Task1_<class>.txt`` atomically and touches no other file there.
 """
 from __future__ import annotations
 
@@ -12,13 +16,18 @@ from typing import Iterable, Mapping
 
 import torch
 
-from rsvision.errors import DataError
+from rsvision.errors import ConfigError, DataError
 from rsvision.ops import nms_rotated, poly2obb
 
 from .labels import Detection, read_task1_dir, write_task1
 from .split import parse_patch_name
 
 __all__ = ["merge_detections", "merge_task1_dir"]
+
+
+def _check_iou_thr(iou_thr: float) -> None:
+    if not (isinstance(iou_thr, (int, float)) and 0 <= iou_thr <= 1):
+        raise ConfigError(f"--iou-thr must be in [0, 1], got {iou_thr!r}")
 
 
 def merge_detections(
@@ -28,6 +37,7 @@ def merge_detections(
 
     Rows whose image name is not a patch name are taken as full-image detections (offset 0).
     """
+    _check_iou_thr(iou_thr)
     out: dict[str, list[Detection]] = {}
     for cls, rows in dets.items():
         groups: dict[str, list[Detection]] = {}
@@ -49,8 +59,18 @@ def merge_detections(
     return out
 
 
-def merge_task1_dir(in_dir: str | Path, out_dir: str | Path, iou_thr: float = 0.1) -> dict[str, int]:
-    """Read patch-level ``Task1_<class>.txt`` files, merge, write full-image ones. Returns counts per class."""
+def merge_task1_dir(
+    in_dir: str | Path, out_dir: str | Path, iou_thr: float = 0.1, exist_ok: bool = False
+) -> dict[str, int]:
+    """Read patch-level ``Task1_<class>.txt`` files, merge, write full-image ones. Returns counts per class.
+
+    A bad row is a :class:`DataError` naming the file and line, raised before ``out_dir`` is touched; an
+    ``out_dir`` that already holds files is refused unless ``exist_ok`` (then the Task1 files of the merged
+    classes are replaced and nothing else is touched).
+    """
+    from rsvision.outputs import claim_dir
+
+    _check_iou_thr(iou_thr)
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if in_dir.resolve() == out_dir.resolve():
         raise DataError("merge output folder must differ from the input folder", path=out_dir)
@@ -58,5 +78,6 @@ def merge_task1_dir(in_dir: str | Path, out_dir: str | Path, iou_thr: float = 0.
     if not dets:
         raise DataError("no Task1_<class>.txt files found", path=in_dir)
     merged = merge_detections(dets, iou_thr)
-    write_task1(out_dir, merged)
+    with claim_dir(out_dir, exist_ok, what="--out"):
+        write_task1(out_dir, merged)
     return {c: len(v) for c, v in merged.items()}
