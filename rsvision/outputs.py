@@ -11,7 +11,8 @@ One rule for every command that writes results (CONVENTIONS "Outputs"):
 - a command never deletes a file it did not write in the same run;
 - while a command writes into a folder it holds ``.rsvision.lock`` there, so a second command writing
   into the same folder at the same time stops with a clear message instead of mixing results (a lock
-  left by a killed process is taken over once that process is gone);
+  left by a killed process is taken over once that process is gone, and that process's unfinished
+  temporary files, ``.<name>.<pid>.*.tmp*``, are removed);
 - outputs of different inputs never share a name (:func:`unique_stems`).
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -91,6 +92,8 @@ def _take_lock(folder: Path, what: str) -> Path:
                 owner = {}
             same_host = owner.get("host") == me["host"]
             if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+                for tmp in folder.glob(f".*.{owner['pid']}.*.tmp*"):  # that run's unfinished files
+                    tmp.unlink(missing_ok=True)
                 lock.unlink(missing_ok=True)  # left by a killed run: take it over
                 continue
             raise OutputLockedError(f"another rsvision command (pid {owner.get('pid')} on {owner.get('host')}) is "

@@ -38,14 +38,22 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+_DEBUG = {"on": False}
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
     ),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an error."),
 ) -> None:
     """rsvision command line."""
+    import os
+
     from rsvision.runtime import apply_env_malloc
+
+    _DEBUG["on"] = debug or os.environ.get("RSVISION_DEBUG", "") not in ("", "0")
 
     apply_env_malloc()  # keep freed memory in the heap (RSVISION_MALLOC=system: glibc defaults)
 
@@ -55,13 +63,30 @@ for _name in _groups():
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every error ends in one clear line on stderr, no traceback unless
+    ``--debug`` (or ``RSVISION_DEBUG=1``). Exit codes: 2 for what the user can fix (bad input, option,
+    file, checkpoint, or the disk / permissions), 1 for an internal error, 130 when interrupted."""
+    from rich.console import Console
+
     from rsvision.errors import RSVisionError
 
+    err = Console(stderr=True)
     try:
-        app()
-    except RSVisionError as exc:  # user errors: one clear line, no traceback
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-        raise SystemExit(2)
+        app()  # click reports bad options / usage itself (exit 2) and Ctrl-C (exit 1)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]")
+        raise SystemExit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place every error is reported
+        if _DEBUG["on"]:
+            raise
+        if isinstance(exc, RSVisionError):  # user errors
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise SystemExit(2)
+        if isinstance(exc, (OSError, MemoryError)):  # disk full, permissions, out of memory
+            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            raise SystemExit(2)
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                  "rerun with --debug for the traceback, and please report it", highlight=False)
+        raise SystemExit(1)

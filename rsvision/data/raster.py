@@ -34,7 +34,7 @@ from rsvision.errors import BandMismatchError, DataError
 __all__ = [
     "IMAGE_EXTENSIONS", "RasterInfo", "is_image_file", "read_image", "read_info",
     "compute_band_stats", "normalize", "BandStats", "expand_inputs", "max_pixels", "check_pixel_budget",
-    "value_scale", "prepare_pixels",
+    "value_scale", "prepare_pixels", "check_dtype",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jp2")
@@ -101,6 +101,7 @@ def read_rasterio(path: Path, bands: Sequence[int] | None = None, with_mask: boo
             idx = None if bands is None else [int(b) + 1 for b in bands]
             if idx is not None and max(idx) > src.count:
                 raise BandMismatchError(f"asked for bands {list(bands)} but the file has {src.count}", path=path)
+            check_dtype(src.dtypes[0], path)
             arr = src.read(idx)
             if not with_mask:
                 return arr
@@ -282,6 +283,13 @@ def check_pixel_budget(height: int, width: int, path: str | Path | None = None) 
     if n > budget:
         raise DataError(f"{width}x{height} pixels ({n / 1e6:,.0f} Mpx) exceed the pixel budget of "
                         f"{budget / 1e6:,.0f} Mpx; raise RSVISION_MAX_PIXELS if the file is meant to be this big",
+                        path=path)
+
+
+def check_dtype(dtype: str, path: str | Path | None = None) -> None:
+    """Pixel values must be real numbers: integers or floats (not complex, not bool)."""
+    if np.dtype(dtype).kind not in "uif":
+        raise DataError(f"pixel type {dtype} is not supported (expected unsigned / signed integers or floats)",
                         path=path)
 
 

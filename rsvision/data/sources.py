@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rsvision.data.raster import _read_pil, check_pixel_budget, prepare_pixels, value_scale
+from rsvision.data.raster import _read_pil, check_dtype, check_pixel_budget, prepare_pixels, value_scale
 from rsvision.data.tiling import Window
 from rsvision.errors import BandMismatchError, DataError
 
@@ -105,6 +105,7 @@ class RasterSource(_Source):
             raise DataError(f"cannot open raster: {exc}", path=self.path) from exc
         try:
             check_pixel_budget(self.ds.height, self.ds.width, self.path)
+            check_dtype(self.ds.dtypes[0], self.path)
             if bands is None:
                 bands = [i + 1 for i, ci in enumerate(self.ds.colorinterp) if ci != ColorInterp.alpha] or [1]
             bad = [b for b in bands if not 1 <= b <= self.ds.count]

@@ -52,7 +52,7 @@ class MaskWriter:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.tif", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.{os.getpid()}.", suffix=".tmp.tif", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)  # written here, renamed to ``path`` by close(): a killed run leaves no half mask
         profile: dict[str, Any] = dict(

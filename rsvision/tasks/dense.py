@@ -235,14 +235,12 @@ class DenseTask(BaseTask):
         tta, bs = self._sliding(tta)
         items = self.items_from_inputs(inputs)
         stems = unique_stems([self.item_path(it) for it in items], [self.item_name(it) for it in items])
+        for item in items:  # every input checked (readable, within budget, bands) before any work
+            self._open_checked(item)[0].close()
         with claim_dir(out or "predictions", exist_ok) as out:
             for item, stem in zip(items, stems):
-                source, label = self.open_input(item)
+                source, label = self._open_checked(item)
                 try:
-                    if source.count != self.in_chans:
-                        raise BandMismatchError(f"raster has {source.count} bands, the checkpoint expects "
-                                                f"{self.in_chans} (bands {self.hparams.get('bands') or 'all'})",
-                                                path=source.path)
                     cb = progress(stem) if progress is not None else None
                     strips = iter_blended_strips(self, source, size, gap, len(self.classes), batch_size=bs, tta=tta,
                                                  device=self.device, progress=cb)
@@ -251,6 +249,14 @@ class DenseTask(BaseTask):
                     source.close()
                 fraction = files.pop("fraction")
                 yield {"input": label, "files": files, "fraction": fraction, "invalid_pixels": source.invalid_pixels}
+
+    def _open_checked(self, item: Any):
+        source, label = self.open_input(item)
+        if source.count != self.in_chans:
+            source.close()
+            raise BandMismatchError(f"raster has {source.count} bands, the checkpoint expects {self.in_chans} "
+                                    f"(bands {self.hparams.get('bands') or 'all'})", path=source.path)
+        return source, label
 
     def item_path(self, item: Any) -> Path:
         """The file an input's outputs are named after."""

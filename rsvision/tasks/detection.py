@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from rsvision.config import OptimConfig
 from rsvision.data.detection import DetectDataConfig, DetectionDataModule, resolve_classes
-from rsvision.errors import ConfigError, DataError
+from rsvision.errors import BandMismatchError, ConfigError, DataError
 from rsvision.tasks.base import BaseTask, register_task
 from rsvision.tasks.common import TrainerOptions, to_plain
 
@@ -310,6 +310,7 @@ class DetectionTask(BaseTask):
         inputs never share a name."""
         from rsvision.data.dota.labels import write_task1
         from rsvision.data.raster import expand_inputs
+        from rsvision.data.sources import open_source
         from rsvision.outputs import claim_dir, unique_stems
         from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
 
@@ -321,6 +322,11 @@ class DetectionTask(BaseTask):
         stems = [f"scene{i}" for i in range(len(arrays))] + unique_stems(files)
         classes = self.classes
         e = self.eval_cfg
+        for f in files:  # every input checked (readable, within budget, bands) before any work
+            with open_source(f) as src:  # all non-alpha bands, as predict_scene reads them
+                if src.count != len(self.hparams.mean):
+                    raise BandMismatchError(f"raster has {src.count} bands, the model expects "
+                                            f"{len(self.hparams.mean)} (checkpoint bands)", path=f)
         dets: dict[str, list] = {c: [] for c in classes}
         with claim_dir(out or "predictions", exist_ok) as out:
             for f, stem in zip([*arrays, *files], stems):

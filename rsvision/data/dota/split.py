@@ -127,23 +127,17 @@ def window_sizes(sizes: Sequence[int], gaps: Sequence[int], rates: Sequence[floa
 
 
 def max_pixels_budget(value: int | None = None) -> int:
-    """The pixel budget per image: ``value``, else ``$RSVISION_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`."""
+    """The pixel budget per image: ``value`` (``--max-pixels``), else the project-wide one
+    (:func:`rsvision.data.raster.max_pixels`: ``$RSVISION_MAX_PIXELS``, default 2**31)."""
     what = "--max-pixels"
     if value is None:
-        env = os.environ.get(_MAX_PIXELS_ENV, "").strip()
-        if not env:
-            return DEFAULT_MAX_PIXELS
-        what = _MAX_PIXELS_ENV
-        try:
-            value = int(env) if env.lstrip("+-").isdigit() else float(env)
-        except ValueError:
-            raise ConfigError(f"{what} must be a positive integer (pixels), got {env!r}") from None
-    if isinstance(value, float):
-        if not (math.isfinite(value) and value.is_integer()):
-            raise ConfigError(f"{what} must be a positive integer (pixels), got {value!r}")
+        from rsvision.data.raster import max_pixels
+
+        value, what = max_pixels(), _MAX_PIXELS_ENV
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer (pixels), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{what} must be a positive whole number of pixels, got {value!r}")
     return int(value)
 
 
