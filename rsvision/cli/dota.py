@@ -9,7 +9,9 @@ naming the file / option and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,6 +56,18 @@ def _multi_values(args: list[str]) -> argparse.Namespace:
     if rest:
         raise ConfigError(f"unexpected argument(s): {' '.join(rest)}")
     return ns
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Hold back a library logger's warnings while the command collects and prints them itself."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _class_list(version: str) -> list[str]:
@@ -111,7 +125,7 @@ def split(
     check_writable_file(json_out, "--json")
     n = sum(1 for p in img_dir.iterdir() if p.is_file()) if img_dir.is_dir() else 0
     cols = (TextColumn("[bold]split"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
-    with Progress(*cols, console=console, transient=False) as prog:
+    with Progress(*cols, console=console, transient=False) as prog, _quiet("rsvision.data.dota.labels"):
         task = prog.add_task("", total=n or None)
         summary = split_dataset(img_dir, ann_dir, out, cfg, workers=workers, exist_ok=exist_ok, skip_bad=skip_bad,
                                 strict=strict, progress=lambda name: prog.update(task, advance=1, description=name))
@@ -124,7 +138,7 @@ def split(
     for name, why in summary["failed"].items():
         typer.echo(f"skipped {name}: {why}", err=True)
     issues = summary["label_issues"]
-    for msg in issues[:20]:
+    for msg in issues[:20]:  # label lines skipped or kept with a warning (file:line: reason)
         typer.echo(f"warning: {msg}", err=True)
     if len(issues) > 20:
         typer.echo(f"warning: ... {len(issues) - 20} more label problems (see the --json summary)", err=True)

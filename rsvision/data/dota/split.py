@@ -466,7 +466,7 @@ def split_dataset(
             h, w = probe_image(p)
         except NotAnImageError as exc:
             summary["failed"][p.name] = str(exc)
-            log.warning("%s (skipped)", exc)
+            log.info("%s (skipped)", exc)
             continue
         except DataError as exc:
             if not skip_bad:
@@ -474,7 +474,7 @@ def split_dataset(
                 err.path = exc.path
                 raise err from exc
             summary["failed"][p.name] = str(exc)
-            log.warning("%s (skipped)", exc)
+            log.info("%s (skipped)", exc)
             continue
         _check_budget(p, h, w, budget)
         ann = None
@@ -482,7 +482,8 @@ def split_dataset(
             ap = Path(ann_dir) / f"{p.stem}.txt"
             if ap.is_file():
                 ann = read_label_txt(ap, classes=cfg.classes, strict=strict)
-                summary["label_issues"] += ann.errors + ann.warnings
+                summary["label_issues"] += [f"{m} (line skipped)" for m in ann.errors]
+                summary["label_issues"] += [f"{m} (object kept)" for m in ann.warnings]
             else:
                 log.warning("%s: no annotation file %s, splitting without objects", p, ap.name)
         jobs.append((p, ann, out_dir, cfg, image_id))
@@ -495,7 +496,7 @@ def split_dataset(
                 err.path = res["path"]
                 raise err
             summary["failed"][res["name"]] = res["error"]
-            log.warning("%s (skipped)", res["error"])
+            log.info("%s (skipped)", res["error"])
         else:
             summary["images"] += 1
             summary["patches"] += len(res["infos"])
