@@ -79,7 +79,7 @@ def _class_list(version: str) -> list[str]:
         raise ConfigError(f"--version: {exc}") from exc
 
 
-_FRACTION = dict(min=0.0, max=1.0)
+_FRACTION = {"min": 0.0, "max": 1.0}  # typer range of a fraction option
 
 
 @app.command(context_settings=_MULTI)
