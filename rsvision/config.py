@@ -12,6 +12,7 @@ pure function, used by every task through :class:`rsvision.tasks.base.BaseTask`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -175,7 +176,7 @@ def _scalar(key: str, tp: Any, value: Any, path: str | Path | None) -> Any:
 def load_config(path: str | Path | None, cls: type | None = None, overrides: Mapping[str, Any] | None = None,
                 defaults: Mapping[str, Any] | None = None) -> Any:
     """``defaults`` <- YAML file <- dotted ``overrides`` -> dataclass ``cls`` (or a dict when None)."""
-    data: dict[str, Any] = dict(defaults or {})
+    data: dict[str, Any] = copy.deepcopy(dict(defaults or {}))  # overrides must not leak into the caller's dict
     if path is not None:
         data = deep_merge(data, load_yaml(path))
     for key, value in (overrides or {}).items():

@@ -62,7 +62,7 @@ for _name in _groups():
     importlib.import_module(f"rsvision.cli.{_name}").register(app)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: every error ends in one clear line on stderr, no traceback unless
     ``--debug`` (or ``RSVISION_DEBUG=1``). Exit codes: 2 for what the user can fix (bad input, option,
     file, checkpoint, or the disk / permissions), 1 for an internal error, 130 when interrupted."""
@@ -72,7 +72,7 @@ def main() -> None:
 
     err = Console(stderr=True)
     try:
-        app()  # click reports bad options / usage itself (exit 2) and Ctrl-C (exit 1)
+        app(args=argv, prog_name="rsvision")  # click reports bad options / usage itself (exit 2)
     except SystemExit:
         raise
     except KeyboardInterrupt:

@@ -171,11 +171,12 @@ class PairSource(_Source):
     def __init__(self, a, b):
         super().__init__()
         try:
+            names = f"{getattr(a, 'path', None) or 'A'} and {getattr(b, 'path', None) or 'B'}"
             if (a.height, a.width) != (b.height, b.width):
-                raise DataError(f"pair sizes differ: {a.height}x{a.width} vs {b.height}x{b.width}",
-                                path=getattr(b, "path", None))
+                raise DataError(f"the dates of a pair differ in size: {a.width}x{a.height} vs {b.width}x{b.height} "
+                                f"({names})")
             if a.count != b.count:
-                raise BandMismatchError(f"pair band counts differ: {a.count} vs {b.count}", path=getattr(b, "path", None))
+                raise BandMismatchError(f"the dates of a pair differ in band count: {a.count} vs {b.count} ({names})")
         except DataError:
             a.close(), b.close()
             raise

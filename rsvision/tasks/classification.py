@@ -166,6 +166,7 @@ class ClassificationTask(BaseTask):
     monitor, mode = "val/acc", "max"
 
     def __init__(self, model: dict[str, Any], data: dict[str, Any], optim: dict[str, Any] | None = None):
+        data = {"resize": None, "bands": None, "multilabel": False, "eval_size": None, "dtype": None, **data}
         super().__init__(model, data, optim)
         self.classes = list(self.hparams.classes)
         self.multilabel = bool(self.hparams.get("multilabel", False))

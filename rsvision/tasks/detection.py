@@ -267,7 +267,7 @@ class DetectionTask(BaseTask):
     # --- training recipe ----------------------------------------------------------------------------
     @classmethod
     def build_datamodule(cls, cfg: "DetectConfig") -> DetectionDataModule:
-        return DetectionDataModule(cfg.data, resolve_classes(cfg.data))
+        return DetectionDataModule(cfg.data, resolve_classes(cfg.data), seed=cfg.trainer.seed)
 
     @classmethod
     def from_config(cls, cfg: "DetectConfig", dm: DetectionDataModule) -> "DetectionTask":
