@@ -17,21 +17,24 @@ training (16x3x128^2 batches, 30-minute runs) did 143-148 LSKNet-T epochs withou
 (resnet18: 181 vs 199-202), with machine noise of that order; its first 26 epochs took 12.5 s each
 either way. ``python benchmarks/bench_backbones.py --malloc keep`` measures the backbones.
 
-The setting is process-wide, so the library never changes it on its own: the ``rsvision``
-command line applies it at start (``RSVISION_MALLOC=system`` keeps glibc's defaults), Python
-users call :func:`keep_freed_memory`. The cost: the process keeps up to ``trim_bytes`` of freed
+The setting is process-wide: the ``rsvision`` command applies it at start, and every library
+entry point applies it for the duration of the call (:func:`kept_memory`: set on entry, glibc's
+defaults restored and the memory returned on exit), so Python callers get the CLI's speed;
+``RSVISION_MALLOC=system`` keeps glibc's defaults everywhere. :func:`keep_freed_memory` applies it
+for the rest of the process. The cost: the process keeps up to ``trim_bytes`` of freed
 memory instead of returning it (its RSS stays near its peak). It is the in-process version of
 the jemalloc / tcmalloc ``LD_PRELOAD`` advice of PyTorch's CPU tuning guides.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "apply_env_malloc", "allocator_mode", "glibc", "parse_device", "resolve_device",
-           "check_device"]
+__all__ = ["keep_freed_memory", "kept_memory", "apply_env_malloc", "allocator_mode", "glibc", "parse_device",
+           "resolve_device", "check_device"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,41 @@ def keep_freed_memory(trim_bytes: int = (1 << 31) - 1) -> bool:
     trim = max(0, min(int(trim_bytes), (1 << 31) - 1))  # mallopt takes a C int
     _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
     return _kept
+
+
+_M_MMAP_MAX_DEFAULT = 65536  # glibc's defaults, restored when a scoped keep ends
+_M_TRIM_THRESHOLD_DEFAULT = 128 * 1024
+_depth = 0  # nesting of kept_memory() scopes
+
+
+@contextlib.contextmanager
+def kept_memory():
+    """Keep freed memory for the duration of a library call, as the ``rsvision`` command does.
+
+    Every library entry point (``train`` / ``evaluate`` / ``predict`` of every task, ``predict_scene``)
+    runs inside this scope, so a Python caller gets the CLI's speed without changing its process for
+    good: on entry of the outermost scope :func:`keep_freed_memory` is applied (unless
+    ``RSVISION_MALLOC=system`` or the process already keeps memory, e.g. the CLI); on its exit glibc's
+    default thresholds are restored (the heap then shrinks as the caller frees memory; an explicit
+    ``malloc_trim`` was measured to make the next call start cold, 5-10% slower over three windows).
+    Nested scopes are free. (glibc cannot report its settings, so "restored" means its defaults.)
+    """
+    global _depth, _kept
+    owner = _depth == 0 and not _kept
+    applied = False
+    if owner:
+        applied = apply_env_malloc()
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if owner and applied:
+            libc = glibc()
+            if libc is not None:
+                libc.mallopt(_M_MMAP_MAX, _M_MMAP_MAX_DEFAULT)
+                libc.mallopt(_M_TRIM_THRESHOLD, _M_TRIM_THRESHOLD_DEFAULT)
+            _kept = False
 
 
 def allocator_mode() -> str:

@@ -324,6 +324,70 @@ def test_kill_9_while_writing_leaves_no_half_file_and_a_rerun_completes(ckpts, t
     assert not any(".tmp" in n for n in names) and LOCK_NAME not in names, names
 
 
+# --- training run directories --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+    from rsvision.data.synthetic.scenes import make_scene_dataset
+
+    d = tmp_path_factory.mktemp("scenes")
+    make_scene_dataset(d, num_classes=2, per_class=10, size=24, seed=0)
+    return d
+
+
+TRAIN = ["--model", "test_resnet", "--img-size", "16", "--batch-size", "4", "--set", "trainer.progress=none",
+         "--set", "trainer.threads=1", "--set", "trainer.log_every_n_steps=1"]
+
+
+def test_train_refuses_a_used_run_dir_and_a_resume_without_checkpoint(scenes_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    r = run(["classify", "train", "--data", scenes_dir, "--out", run_dir, *TRAIN])
+    assert r.exit_code == 2 and "--resume" in r.output and str(run_dir) in r.output
+    r = run(["classify", "train", "--data", scenes_dir, "--out", run_dir, "--resume", *TRAIN])
+    assert r.exit_code == 2 and "last.ckpt" in r.output
+    assert _state(run_dir) == {"notes.txt"}
+
+
+def test_evil_last_ckpt_under_resume_is_refused_and_the_run_dir_kept(scenes_dir, tmp_path):
+    import pickle
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    flag = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {flag}",))
+
+    (run_dir / "last.ckpt").write_bytes(pickle.dumps(Evil()))
+    (run_dir / "config.yaml").write_text("the earlier run's config\n")
+    r = run(["classify", "train", "--data", scenes_dir, "--out", run_dir, "--resume", "--epochs", "2", *TRAIN])
+    assert r.exit_code == 2 and "last.ckpt" in r.output, r.output
+    assert not flag.exists()  # weights_only: the pickle never ran
+    assert (run_dir / "config.yaml").read_text() == "the earlier run's config\n"  # still describes its checkpoint
+
+
+def test_kill_9_during_training_then_resume(scenes_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["classify", "train", "--data", scenes_dir, "--out", run_dir, "--epochs", "40", *TRAIN]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (run_dir / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside a later epoch, maybe inside a checkpoint write
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run_dir / LOCK_NAME).exists() and (run_dir / "last.ckpt").exists()
+    epoch = torch.load(run_dir / "last.ckpt", weights_only=True)["epoch"]  # whole: written atomically
+    r = subprocess.run(_cli(*args[:-len(TRAIN)], "--resume", "--epochs", str(epoch + 3), *TRAIN),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert torch.load(run_dir / "last.ckpt", weights_only=True)["epoch"] == epoch + 2
+    names = _state(run_dir)
+    assert LOCK_NAME not in names and not any(".tmp" in n for n in names) and "config.yaml" in names
+
+
 # --- bad options: a clear message naming the option, exit 2, before any work ---------------------------
 @pytest.mark.parametrize("args, needle", [
     (["classify", "train", "--batch-size", "0"], "--batch-size"),

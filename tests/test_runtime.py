@@ -73,3 +73,47 @@ def test_cli_applies_it_at_start(monkeypatch):
     monkeypatch.setenv("RSVISION_MALLOC", "system")
     assert CliRunner().invoke(app, ["models"]).exit_code == 0
     assert calls == [1]
+
+
+_SCOPE_PROBE = textwrap.dedent(
+    """
+    import ctypes
+    import torch
+    from rsvision.runtime import allocator_mode, glibc, kept_memory
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+    libc = glibc()
+    libc.mallinfo2.restype = MallInfo2
+
+    def mmapped_64mib():
+        x = torch.ones(16 << 20)
+        n = libc.mallinfo2().hblkhd
+        del x
+        return int(n >= (64 << 20))
+
+    modes = [allocator_mode()]
+    with kept_memory():
+        with kept_memory():  # nested: free
+            modes.append(allocator_mode())
+            inside = mmapped_64mib()
+        modes.append(allocator_mode())
+    modes.append(allocator_mode())
+    print(" ".join(modes), inside, mmapped_64mib())
+    """
+)
+
+
+@needs_glibc
+@pytest.mark.parametrize("mode", ["keep", "system"])
+def test_library_calls_keep_memory_for_their_duration_only(mode):
+    env = {**os.environ, "RSVISION_MALLOC": mode}
+    out = subprocess.run([sys.executable, "-c", _SCOPE_PROBE], env=env, capture_output=True, text=True, check=True)
+    *modes, inside, after = out.stdout.split()
+    if mode == "keep":
+        assert modes == ["system", "keep", "keep", "system"]
+        assert (inside, after) == ("0", "1")  # served from the heap inside, glibc's fresh mmap again after
+    else:
+        assert modes == ["system"] * 4 and (inside, after) == ("1", "1")  # the opt-out holds

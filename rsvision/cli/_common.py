@@ -37,7 +37,7 @@ from rsvision.tasks.common import write_json  # noqa: F401  (re-exported for CLI
 __all__ = [
     "console", "ConfigOpt", "DataOpt", "ModelOpt", "ImgSizeOpt", "EpochsOpt", "BatchSizeOpt", "OutOpt",
     "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "MaxTimeOpt", "SetOpt", "CheckpointOpt",
-    "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "TopKOpt", "ExistOkOpt", "COMMON_OVERRIDES",
+    "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "TopKOpt", "ExistOkOpt", "FastOpt", "COMMON_OVERRIDES",
     "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
     "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table", "train_command", "report_run",
 ]
@@ -68,6 +68,8 @@ JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the metri
 InputsArg = Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")]
 PredictOutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")]
+FastOpt = Annotated[bool, typer.Option(
+    "--fast/--no-fast", help="Optimised inference copy of LSKNet / HAKSNet models (same outputs to ~1e-5).")]
 ExistOkOpt = Annotated[bool, typer.Option(
     "--exist-ok", help="Write into an --out that already holds results (same names replaced, nothing else touched).")]
 

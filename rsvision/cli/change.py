@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from rsvision.cli._common import (
-    ExistOkOpt,    train_command,
+    ExistOkOpt, FastOpt,    train_command,
     CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
     JsonOpt, PredictOutOpt,
 )
@@ -23,17 +23,17 @@ app.command()(train_command(
 
 @app.command("eval")
 def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = None, tta: TtaOpt = None,
-          device: DeviceOpt = None) -> None:
+          device: DeviceOpt = None, fast: FastOpt = True) -> None:
     """Evaluate on labelled pairs (whole images, sliding windows): precision, recall, F1, IoU, OA, kappa."""
-    run_eval(checkpoint, data, json, tta, device, "change")
+    run_eval(checkpoint, data, json, tta, device, "change", fast)
 
 
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
-            exist_ok: ExistOkOpt = False) -> None:
+            exist_ok: ExistOkOpt = False, fast: FastOpt = True) -> None:
     """Change maps of pairs: INPUTS are A B [A B ...] files or folders with A/ and B/ (or a scene folder)."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change", exist_ok)
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change", exist_ok, fast)
 
 
 def register(root: typer.Typer) -> None:

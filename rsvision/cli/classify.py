@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from rsvision.cli._common import (
-    ExistOkOpt, check_writable_file,    train_command,
+    ExistOkOpt, FastOpt, check_writable_file,    train_command,
     BatchSizeOpt, CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
     JsonOpt, PredictOutOpt, TopKOpt,
     console, print_metrics,
@@ -42,7 +42,7 @@ app.command()(train_command(
 def eval_(
     checkpoint: CheckpointOpt, data: EvalDataOpt = None, json_out: JsonOpt = None,
     split: SplitOpt = None, split_file: SplitFileOpt = None, batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
+    device: DeviceOpt = None, skip_bad: SkipBadOpt = False, fast: FastOpt = True,
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips / 90-degree rotations.")] = False,
     eval_size: Annotated[Optional[int], typer.Option(
         "--eval-size", help="Resize each whole image to N px (overrides the checkpoint's eval policy).")] = None,
@@ -59,7 +59,7 @@ def eval_(
     check_writable_file(cm, "--cm")
     task = load_task(checkpoint, device or "auto")
     metrics = evaluate(task, data, split=split, split_file=split_file, batch_size=batch_size or 32, tta=tta,
-                       eval_size=eval_size, skip_bad=skip_bad, progress=True)
+                       eval_size=eval_size, skip_bad=skip_bad, progress=True, fast=fast)
     metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta,
                    eval_size=eval_size or task.hparams.get("eval_size"))
     print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),
@@ -80,14 +80,14 @@ def eval_(
 def predict(
     checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, top_k: TopKOpt = 3,
     batch_size: BatchSizeOpt = None, device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
-    exist_ok: ExistOkOpt = False,
+    exist_ok: ExistOkOpt = False, fast: FastOpt = True,
 ) -> None:
     """Top-k classes with probabilities for images (files, folders, globs)."""
     from rsvision.tasks import load_task, predict as predict_task
 
     task = load_task(checkpoint, device or "auto")
     preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad,
-                              exist_ok=exist_ok))
+                              exist_ok=exist_ok, fast=fast))
     t = Table(title=f"{checkpoint.name}: top-{top_k}" + (" (multi-label)" if task.multilabel else ""))
     t.add_column("image")
     for i in range(min(top_k, len(task.classes))):

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from rsvision.cli._common import (
-    ExistOkOpt, check_writable_file,    DeviceOpt,    train_command,
+    ExistOkOpt, FastOpt, check_writable_file,    DeviceOpt,    train_command,
     CheckpointOpt, DataOpt, InputsArg, JsonOpt, PredictOutOpt, console, write_json,
 )
 
@@ -56,8 +56,11 @@ def print_detect_metrics(res: dict, title: str = "DOTA evaluation") -> None:
     t.add_column("GT", justify="right")
     for c, ap in res["AP"].items():
         t.add_row(c, "-" if ap is None else f"{100 * ap:.2f}", str(res.get("num_gt", {}).get(c, "")))
-    t.add_row("[bold]mAP[/]", f"[bold]{100 * res['mAP']:.2f}[/]", "")
+    m = res.get("mAP")
+    t.add_row("[bold]mAP[/]", "-" if m is None else f"[bold]{100 * m:.2f}[/]", "")
     console.print(t)
+    if m is None:
+        console.print("no class has ground truth in the evaluated images: mAP is null")
 
 
 @app.command("eval")
@@ -72,7 +75,7 @@ def eval_(
     multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
     iou_thr: Annotated[Optional[float], typer.Option("--iou-thr", help="Default: the checkpoint's eval.iou_thr (0.5).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="voc07 | voc12 (default: the checkpoint's).")] = None,
-    batch_size: PredBatchOpt = 2, device: DeviceOpt = None, exist_ok: ExistOkOpt = False,
+    batch_size: PredBatchOpt = 2, device: DeviceOpt = None, exist_ok: ExistOkOpt = False, fast: FastOpt = True,
 ) -> None:
     """Score merged full-image detections with the DOTA evaluator (like the DOTA server)."""
     from rsvision.errors import ConfigError
@@ -84,7 +87,7 @@ def eval_(
     task = _load(checkpoint, device)
     res = evaluate(task, img_dir or data, ann_dir=ann_dir, dets=dets, window=window, overlap=overlap,
                    scales=_scales(scale, multi_scale), nms_iou=nms_iou, iou_thr=iou_thr, metric=metric,
-                   batch_size=batch_size, progress=True, exist_ok=exist_ok)
+                   batch_size=batch_size, progress=True, exist_ok=exist_ok, fast=fast)
     print_detect_metrics(res)
     if json_out is not None:
         write_json(res, json_out)
@@ -100,7 +103,7 @@ def predict(
     batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
-    exist_ok: ExistOkOpt = False,
+    exist_ok: ExistOkOpt = False, fast: FastOpt = True,
 ) -> None:
     """Detect on images or rasters of any size; writes Task1 files, PNGs and GeoJSON to --out."""
     from rich.table import Table
@@ -116,7 +119,7 @@ def predict(
     t.add_column("per class")
     for r in predict_task(task, inputs, out, window=window, overlap=overlap, scales=_scales(scale, multi_scale),
                           nms_iou=nms_iou, score_thr=score_thr, batch_size=batch_size, png=png, geojson=geojson,
-                          progress=True, exist_ok=exist_ok):
+                          progress=True, exist_ok=exist_ok, fast=fast):
         det = r["detections"]
         t.add_row(Path(r["input"]).name, f"{det.width}x{det.height}", str(len(det.scores)),
                   ", ".join(f"{c} {n}" for c, n in r["counts"].items() if n))

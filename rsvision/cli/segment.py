@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rsvision.cli._common import (
-    ExistOkOpt, check_writable_file,    train_command,
+    ExistOkOpt, FastOpt, check_writable_file,    train_command,
     CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
     JsonOpt, PredictOutOpt, console,
     metrics_table, per_class_table, write_json,
@@ -55,7 +55,8 @@ def print_dense_metrics(m: dict, json_path: Path | None, title: str) -> None:
 
 
 def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool | None, window: int | None,
-                overlap: int | None, device: str | None, rgb: str | None, task_name: str, exist_ok: bool) -> None:
+                overlap: int | None, device: str | None, rgb: str | None, task_name: str, exist_ok: bool,
+                fast: bool = True) -> None:
     """Shared body of ``segment predict`` / ``change predict``: predict, then a table of outputs."""
     from rsvision.errors import ConfigError
     from rsvision.tasks import load_task, predict
@@ -73,14 +74,14 @@ def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool
             return lambda i, n: bar.update(job, completed=i, total=n)
 
         for r in predict(task, inputs, out, tta=tta, window=window, overlap=overlap, rgb=bands, progress=track,
-                         exist_ok=exist_ok):
+                         exist_ok=exist_ok, fast=fast):
             frac = ", ".join(f"{c} {v:.1%}" for c, v in r["fraction"].items() if v > 0)
             t.add_row(r["input"], "\n".join(r["files"].values()), frac)
     console.print(t)
 
 
 def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: bool | None, device: str | None,
-             task_name: str, **dataset_options) -> None:
+             task_name: str, fast: bool = True, **dataset_options) -> None:
     """Shared body of ``segment eval`` / ``change eval``."""
     from rsvision.errors import ConfigError
     from rsvision.tasks import evaluate, load_task
@@ -94,7 +95,7 @@ def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: b
     ds = task.eval_dataset(data, **dataset_options)
     with progress_bar() as bar:
         job = bar.add_task("evaluating", total=len(ds))
-        m = evaluate(task, ds, tta=tta, progress=lambda i, n: bar.update(job, completed=i))
+        m = evaluate(task, ds, tta=tta, progress=lambda i, n: bar.update(job, completed=i), fast=fast)
     print_dense_metrics(m, json_path, f"{task_name} eval: {data}")
 
 
@@ -106,17 +107,17 @@ app.command()(train_command(
 
 @app.command("eval")
 def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = None, tta: TtaOpt = None,
-          mask: MaskOpt = None, device: DeviceOpt = None) -> None:
+          mask: MaskOpt = None, device: DeviceOpt = None, fast: FastOpt = True) -> None:
     """Evaluate on image/mask folders (whole images, sliding windows): IoU, mIoU, F1, mF1, OA."""
-    run_eval(checkpoint, data, json, tta, device, "segment", mask=mask)
+    run_eval(checkpoint, data, json, tta, device, "segment", fast, mask=mask)
 
 
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
-            exist_ok: ExistOkOpt = False) -> None:
+            exist_ok: ExistOkOpt = False, fast: FastOpt = True) -> None:
     """Segment images / rasters of any size: colour overlay PNG, and a GeoTIFF mask for georeferenced input."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment", exist_ok)
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment", exist_ok, fast)
 
 
 def register(root: typer.Typer) -> None:

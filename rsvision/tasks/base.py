@@ -13,7 +13,8 @@ once, flat: ``{"task", "format_version", "model", "optim", <sections>, **data}``
 top level, as checkpoints of the first release had them), so :func:`load_task` rebuilds any rsvision
 checkpoint from the file alone, the first release's three layouts included (``upgrade_hparams``).
 
-The verbs, the same for every task (the CLI calls only these)::
+The verbs, the same for every task (the CLI calls only these; each runs with freed memory kept for
+reuse, :func:`rsvision.runtime.kept_memory`, as the ``rsvision`` command does)::
 
     result = train(config)                       # -> RunResult(run_dir, best, last, metrics)
     task = load_task("run/best.ckpt")            # any rsvision checkpoint
@@ -154,6 +155,30 @@ class BaseTask(L.LightningModule):
     def net(self) -> torch.nn.Module:
         """The network used for evaluation and prediction (e.g. the EMA of the weights)."""
         return self.model
+
+    def inference_model(self, fast: bool = True) -> torch.nn.Module:
+        """The network for evaluation / prediction: with ``fast``, :func:`optimize_for_inference`'s copy
+        of :meth:`net` (LSKNet / HAKSNet backbones: same outputs to ~1e-5, faster on CPUs), made once per
+        weights and device; the plain network when ``fast`` is off or the model has no fast path."""
+        net = self.net()
+        if not fast:
+            return net.eval()
+        key = (id(net), self.global_step, str(self.device), getattr(self, "_weights_version", 0))
+        cached = getattr(self, "_fast_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        from rsvision.models.fast import optimize_for_inference
+
+        try:
+            fast_net = optimize_for_inference(net)
+        except TypeError:  # no backbone with a fast path (any timm model): the plain network
+            fast_net = net.eval()
+        object.__setattr__(self, "_fast_cache", (key, fast_net))  # not a submodule: not in state_dict
+        return fast_net
+
+    def load_state_dict(self, *args: Any, **kwargs: Any):
+        self._weights_version = getattr(self, "_weights_version", 0) + 1  # a fast copy is stale now
+        return super().load_state_dict(*args, **kwargs)
 
     def batch_size(self) -> int:
         """Per-device training batch size (for ``optim.base_batch`` lr scaling)."""
@@ -303,13 +328,13 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
     cls = next((c for c in _all_tasks() if c.config_class is type(config)), None)
     if cls is None:
         raise ConfigError(f"no task trains a {type(config).__name__}")
-    from rsvision.runtime import check_device
+    from rsvision.runtime import check_device, kept_memory
 
     t = config.trainer
     t.validate()
     check_device(t.device)
     set_threads(t.threads)
-    with claim_run_dir(t):
+    with kept_memory(), claim_run_dir(t):
         L.seed_everything(t.seed, workers=True, verbose=False)  # data splits and model init are part of the run
         dm = cls.build_datamodule(config)
         task = cls.from_config(config, dm)
@@ -335,9 +360,15 @@ def _all_tasks() -> list[type[BaseTask]]:
 
 def evaluate(task: BaseTask, data: Any, **options: Any) -> dict[str, Any]:
     """The CONVENTIONS metric dict of ``task`` over ``data`` (a dataset folder, CSV, dataset ...)."""
-    return task.evaluate(data, **options)
+    from rsvision.runtime import kept_memory
+
+    with kept_memory():
+        return task.evaluate(data, **options)
 
 
 def predict(task: BaseTask, inputs: Sequence[Any], out: str | Path | None = None, **options: Any) -> Iterator[dict]:
     """Yield per-input results of ``task`` over ``inputs`` (files, folders, globs), writing into ``out``."""
-    return task.predict(inputs, out, **options)
+    from rsvision.runtime import kept_memory
+
+    with kept_memory():
+        yield from task.predict(inputs, out, **options)

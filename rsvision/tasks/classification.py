@@ -347,11 +347,12 @@ class ClassificationTask(BaseTask):
     # --- verbs ------------------------------------------------------------------------------------
     def evaluate(self, data: Any, split: str | None = None, split_file: str | Path | None = None,
                  batch_size: int = 32, tta: bool = False, eval_size: int | None = None, skip_bad: bool = False,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, fast: bool = True) -> dict[str, Any]:
         """Metrics JSON (CONVENTIONS) over ``data``: class folders or a multi-label CSV (optionally one
         ``split`` of ``split_file``, default ``splits.csv`` beside the checkpoint), a dataset or a loader.
 
         ``tta``: average the probabilities over the 8 flips / 90-degree rotations (``dihedral_tta``).
+        ``fast``: the optimised inference copy of LSKNet / HAKSNet models (:meth:`inference_model`).
         """
         from torch.utils.data import DataLoader, Dataset
 
@@ -362,7 +363,7 @@ class ClassificationTask(BaseTask):
             data = eval_dataset(self, data, split_file, split, skip_bad, eval_size)
         if isinstance(data, Dataset):
             loader = DataLoader(data, batch_size=batch_size)
-        net = self.net().eval()
+        net = self.inference_model(fast)
         device = self.device
         k = len(self.classes)
         cm = torch.zeros(k, k, dtype=torch.long)
@@ -392,8 +393,8 @@ class ClassificationTask(BaseTask):
 
     @torch.inference_mode()
     def predict(self, inputs: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 16,
-                top_k: int = 5, skip_bad: bool = False, progress: bool = False, exist_ok: bool = False
-                ) -> Iterator[dict]:
+                top_k: int = 5, skip_bad: bool = False, progress: bool = False, exist_ok: bool = False,
+                fast: bool = True) -> Iterator[dict]:
         """Yield ``{"input", "top": [(class, prob), ...], "probs": [...]}`` per image (files, folders, globs).
 
         Unreadable images raise DataError naming the file, or yield ``{"input", "error"}`` under
@@ -408,16 +409,16 @@ class ClassificationTask(BaseTask):
         if batch_size < 1 or top_k < 1:
             raise ConfigError(f"--batch-size and --top-k must be >= 1, got {batch_size} and {top_k}")
         with claim_dir(out, exist_ok) if out is not None else contextlib.nullcontext():
-            yield from self._predict(inputs, out, batch_size, top_k, skip_bad)
+            yield from self._predict(inputs, out, batch_size, top_k, skip_bad, fast)
 
-    def _predict(self, inputs, out, batch_size, top_k, skip_bad) -> Iterator[dict]:
+    def _predict(self, inputs, out, batch_size, top_k, skip_bad, fast) -> Iterator[dict]:
         from rsvision.data.classification import Sample
         from rsvision.data.raster import expand_inputs
         from rsvision.errors import DataError
 
         paths = expand_inputs(inputs)
         ds = _eval_dataset(self, [Sample(str(p), 0) for p in paths])
-        net = self.net().eval()
+        net = self.inference_model(fast)
         batch: list[torch.Tensor] = []
         metas: list[dict] = []
         results: list[dict] = []

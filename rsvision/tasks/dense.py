@@ -146,13 +146,30 @@ class DenseTask(BaseTask):
         s = dict(self.hparams.get("sliding") or {})
         return bool(s.get("tta", False)) if tta is None else bool(tta), int(s.get("batch_size", 4))
 
-    def infer(self, image: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
-        """Class probabilities ``(B, K, H, W)`` of a batch, by sliding windows when larger than the window."""
+    def infer(self, image: torch.Tensor, tta: bool | None = None, fast: bool = False) -> torch.Tensor:
+        """Class probabilities ``(B, K, H, W)`` of a batch, by sliding windows when larger than the window
+        (``fast``: through :meth:`inference_model`, for evaluation; validation runs the plain model)."""
         size, overlap = self.window
         tta, bs = self._sliding(tta)
-        outs = [torch.from_numpy(sliding_window_inference(self, img, size, overlap, len(self.classes), tta=tta,
+        fn = self.predict_fn(fast)
+        outs = [torch.from_numpy(sliding_window_inference(fn, img, size, overlap, len(self.classes), tta=tta,
                                                           batch_size=bs, device=self.device)) for img in image]
         return torch.stack(outs).to(self.device)
+
+    def predict_fn(self, fast: bool = True):
+        """Raw pixels -> logits through :meth:`inference_model` (``fast=False``: this module's forward)."""
+        if not fast:
+            return self
+        net = self.inference_model(True)
+        if net is self.model:
+            return self
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-3] != self.in_chans:
+                raise BandMismatchError(f"input has {x.shape[-3]} bands, the model expects {self.in_chans}")
+            return net(normalize(x, self.mean, self.std))
+
+        return fn
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         probs = self.infer(batch["image"])
@@ -197,7 +214,8 @@ class DenseTask(BaseTask):
 
     # --- verbs -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, data: Any, tta: bool | None = None, progress=None, **dataset_options: Any) -> dict:
+    def evaluate(self, data: Any, tta: bool | None = None, progress=None, fast: bool = True,
+                 **dataset_options: Any) -> dict:
         """CONVENTIONS metrics over ``data`` (a dataset folder, a list of them, or a dataset): whole
         images through sliding windows. ``progress``: a callback ``(done, total)``."""
         from rsvision.tasks.metrics import confusion_matrix
@@ -207,7 +225,7 @@ class DenseTask(BaseTask):
         cm = np.zeros((k, k), np.int64)
         for i in range(len(dataset)):
             s = dataset[i]
-            probs = self.infer(s["image"][None].to(self.device), tta=tta)[0]
+            probs = self.infer(s["image"][None].to(self.device), tta=tta, fast=fast)[0]
             cm += confusion_matrix(probs.argmax(0).cpu(), s["mask"], k, self.ignore_index)
             if progress is not None:
                 progress(i + 1, len(dataset))
@@ -218,13 +236,13 @@ class DenseTask(BaseTask):
 
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, tta: bool | None = None,
                 window: int | None = None, overlap: int | None = None, rgb: Sequence[int] | None = None,
-                progress=None, exist_ok: bool = False):
+                progress=None, exist_ok: bool = False, fast: bool = True):
         """Yield ``{"input", "files", "fraction"}`` per input; masks / PNGs written into ``out``.
 
         Inputs of any size are read lazily, window by window. ``rgb``: 0-based input bands shown as
         red, green, blue in the overlay. ``progress(name) -> callback(done, total)`` for progress bars.
         ``out`` must be new or empty unless ``exist_ok`` (:mod:`rsvision.outputs`); outputs of two
-        inputs never share a name.
+        inputs never share a name. ``fast``: the optimised inference copy of LSKNet / HAKSNet backbones.
         """
         from rsvision.outputs import claim_dir, unique_stems
 
@@ -237,12 +255,13 @@ class DenseTask(BaseTask):
         stems = unique_stems([self.item_path(it) for it in items], [self.item_name(it) for it in items])
         for item in items:  # every input checked (readable, within budget, bands) before any work
             self._open_checked(item)[0].close()
+        fn = self.predict_fn(fast)
         with claim_dir(out or "predictions", exist_ok) as out:
             for item, stem in zip(items, stems):
                 source, label = self._open_checked(item)
                 try:
                     cb = progress(stem) if progress is not None else None
-                    strips = iter_blended_strips(self, source, size, gap, len(self.classes), batch_size=bs, tta=tta,
+                    strips = iter_blended_strips(fn, source, size, gap, len(self.classes), batch_size=bs, tta=tta,
                                                  device=self.device, progress=cb)
                     files = write_prediction(self, strips, source, out, stem, _overview(source), rgb)
                 finally:

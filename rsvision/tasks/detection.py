@@ -301,13 +301,14 @@ class DetectionTask(BaseTask):
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, window: int | None = None,
                 overlap: int | None = None, scales: Sequence[float] | None = None, nms_iou: float | None = None,
                 score_thr: float = 0.0, batch_size: int = 2, png: bool = True, geojson: bool = True,
-                task1: bool = True, progress: bool = False, exist_ok: bool = False) -> Iterator[dict]:
+                task1: bool = True, progress: bool = False, exist_ok: bool = False, fast: bool = True
+                ) -> Iterator[dict]:
         """Yield ``{"input", "detections" (SceneDetections), "files", "counts"}`` per scene (files,
         folders, globs, or arrays), writing a PNG and GeoJSON (georeferenced rasters) per scene into
         ``out`` and, once every scene is done, the run's ``Task1_<class>.txt`` files (one per class).
 
         ``out`` must be new or empty unless ``exist_ok`` (:mod:`rsvision.outputs`); outputs of two
-        inputs never share a name."""
+        inputs never share a name. ``fast``: the optimised inference copy of LSKNet / HAKSNet backbones."""
         from rsvision.data.dota.labels import write_task1
         from rsvision.data.raster import expand_inputs
         from rsvision.data.sources import open_source
@@ -328,9 +329,10 @@ class DetectionTask(BaseTask):
                     raise BandMismatchError(f"raster has {src.count} bands, the model expects "
                                             f"{len(self.hparams.mean)} (checkpoint bands)", path=f)
         dets: dict[str, list] = {c: [] for c in classes}
+        model = self.inference_model(fast)
         with claim_dir(out or "predictions", exist_ok) as out:
             for f, stem in zip([*arrays, *files], stems):
-                det = predict_scene(self.model, f, self.hparams.mean, self.hparams.std, classes, w, o, batch_size,
+                det = predict_scene(model, f, self.hparams.mean, self.hparams.std, classes, w, o, batch_size,
                                     list(scales or e.scales), e.nms_iou if nms_iou is None else nms_iou, score_thr,
                                     progress=progress, train_dtype=self.hparams.get("dtype"))
                 written = write_scene_outputs(det, out, stem, source=f, task1=False, png=png, geojson=geojson,

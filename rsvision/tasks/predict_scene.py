@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from rsvision.data.tiling import Window, batched, sliding_windows
 from rsvision.errors import BandMismatchError
+from rsvision.runtime import kept_memory
 
 __all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview"]
 
@@ -59,6 +60,7 @@ def _open(source: Any, bands: Sequence[int] | None, fill: Sequence[float] | None
 
 
 @torch.no_grad()
+@kept_memory()
 def predict_scene(
     model: torch.nn.Module,
     source: str | Path | np.ndarray | torch.Tensor,

@@ -191,3 +191,14 @@ def test_mmrotate_keys_load_into_timm_wrapped_backbone(golden, model, fpn_outs):
         outs = det.eval().extract_feat(golden["input"]["img"])
     for a, b in zip(outs, fpn_outs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_end_to_end_fast_path(golden, model, image_size):
+    """``optimize_for_inference`` (the default of every predict / eval command) gives the golden
+    detections within the end-to-end tolerances."""
+    from rsvision.models.fast import optimize_for_inference
+
+    fast = optimize_for_inference(model)
+    with torch.no_grad():
+        dets = fast(golden["input"]["img"], image_sizes=image_size)
+    _compare_detections(golden["detections"], dets[0], 2e-2, 2e-4, 1e-3)
