@@ -47,6 +47,12 @@ class _Source:
         self.invalid_pixels += int(ok.size - ok.sum())
         return x
 
+    def any_valid(self, w: Window) -> bool:
+        """False when the nodata / alpha mask says no pixel of ``w`` is usable (cheap: no pixels read),
+        so whole-scene prediction skips the window."""
+        m = self._mask(w)
+        return True if m is None else bool(m.any())
+
     def valid(self, w: Window) -> np.ndarray:
         raw = self._raw(w)
         ok = np.isfinite(raw).all(0) if raw.dtype.kind == "f" else np.ones(raw.shape[-2:], bool)
@@ -197,6 +203,9 @@ class PairSource(_Source):
 
     def valid(self, w: Window) -> np.ndarray:
         return self.a.valid(w) & self.b.valid(w)
+
+    def any_valid(self, w: Window) -> bool:
+        return self.a.any_valid(w) and self.b.any_valid(w)
 
     def close(self) -> None:
         self.a.close()

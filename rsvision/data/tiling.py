@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,45 @@ def split_windows(
         best = max(rates)
         rates = [1.0 if abs(r - best) < 0.01 else r for r in rates]
     return [w for w, r in zip(wins, rates) if r > img_rate_thr]
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Yield ``items`` while a background thread produces the next ``depth`` of them.
+
+    Whole-scene prediction reads and prepares the next windows (GDAL and numpy release the GIL)
+    while the model runs on the current ones. Exceptions of the producer are raised in the consumer.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((None, item))
+            q.put((None, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((exc, None))
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.01)

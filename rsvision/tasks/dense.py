@@ -261,13 +261,15 @@ class DenseTask(BaseTask):
                 source, label = self._open_checked(item)
                 try:
                     cb = progress(stem) if progress is not None else None
+                    stats: dict = {}
                     strips = iter_blended_strips(fn, source, size, gap, len(self.classes), batch_size=bs, tta=tta,
-                                                 device=self.device, progress=cb)
+                                                 device=self.device, progress=cb, stats=stats)
                     files = write_prediction(self, strips, source, out, stem, _overview(source), rgb)
                 finally:
                     source.close()
                 fraction = files.pop("fraction")
-                yield {"input": label, "files": files, "fraction": fraction, "invalid_pixels": source.invalid_pixels}
+                yield {"input": label, "files": files, "fraction": fraction, "invalid_pixels": source.invalid_pixels,
+                       "stats": stats}
 
     def _open_checked(self, item: Any):
         source, label = self.open_input(item)

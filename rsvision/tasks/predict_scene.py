@@ -16,6 +16,7 @@ polygons in the raster's CRS.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rsvision.data.tiling import Window, batched, sliding_windows
+from rsvision.data.tiling import Window, batched, prefetch, sliding_windows
 from rsvision.errors import BandMismatchError
 from rsvision.runtime import kept_memory
 
@@ -139,45 +140,59 @@ def predict_scene(
         bar.start()
         task = bar.add_task("detecting", total=total)
     all_b, all_s, all_l = [], [], []
-    done = read_px = 0
-    try:
+    done = read_px = skipped = 0
+
+    def batches():
+        """(windows, prepared images) per batch, all-nodata windows left out (read ahead in a thread)."""
+        nonlocal read_px, skipped
         for rate in sorted(set(r for r, _ in jobs)):
             wins = [w for r, w in jobs if r == rate]
             for group in batched(wins, batch_size):
-                imgs = []
+                keep_w, imgs = [], []
                 for w in group:
+                    if not src.any_valid(w):  # outside the footprint / all nodata: nothing to detect
+                        skipped += 1
+                        continue
                     x = normalize(torch.from_numpy(np.ascontiguousarray(src.read(w))), m, s_)  # invalid: mean
                     read_px += w.width * w.height
                     if rate != 1.0:
                         nh, nw = max(1, round(w.height * rate)), max(1, round(w.width * rate))
                         x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False,
                                           antialias=rate < 1)[0]
+                    keep_w.append(w)
                     imgs.append(x)
+                yield len(group), keep_w, imgs
+
+    t0 = time.perf_counter()
+    try:
+        for n, group, imgs in prefetch(batches()):
+            if imgs:
                 outs = model(pad_to_multiple(imgs, 32).to(dev), image_sizes=[tuple(x.shape[-2:]) for x in imgs])
-                for w, img, out in zip(group, imgs, outs):
-                    b = out["boxes"].detach().float().cpu().clone()
-                    sc = out["scores"].detach().float().cpu()
-                    lab = out["labels"].detach().long().cpu()
-                    sx, sy = w.width / img.shape[-1], w.height / img.shape[-2]
-                    b[:, 0] = b[:, 0] * sx + w.x0
-                    b[:, 1] = b[:, 1] * sy + w.y0
-                    b[:, 2:4] *= math.sqrt(sx * sy)
-                    inside = (b[:, 0] >= w.x0) & (b[:, 0] < w.x0 + w.width) & (b[:, 1] >= w.y0) & (b[:, 1] < w.y0 + w.height)
-                    keep = (sc >= score_thr) & inside  # a centre in the 32-padding is not on the image
-                    all_b.append(b[keep]), all_s.append(sc[keep]), all_l.append(lab[keep])
-                done += len(group)
-                if bar is not None:
-                    bar.update(task, completed=done)
-                elif callable(progress):
-                    progress(done, total)
+            for w, img, out in zip(group, imgs, outs if imgs else []):
+                b = out["boxes"].detach().float().cpu().clone()
+                sc = out["scores"].detach().float().cpu()
+                lab = out["labels"].detach().long().cpu()
+                sx, sy = w.width / img.shape[-1], w.height / img.shape[-2]
+                b[:, 0] = b[:, 0] * sx + w.x0
+                b[:, 1] = b[:, 1] * sy + w.y0
+                b[:, 2:4] *= math.sqrt(sx * sy)
+                inside = (b[:, 0] >= w.x0) & (b[:, 0] < w.x0 + w.width) & (b[:, 1] >= w.y0) & (b[:, 1] < w.y0 + w.height)
+                keep = (sc >= score_thr) & inside  # a centre in the 32-padding is not on the image
+                all_b.append(b[keep]), all_s.append(sc[keep]), all_l.append(lab[keep])
+            done += n
+            if bar is not None:
+                bar.update(task, completed=done)
+            elif callable(progress):
+                progress(done, total)
     finally:
         if bar is not None:
             bar.stop()
         transform, crs, path = getattr(src, "transform", None), getattr(src, "crs", None), getattr(src, "path", None)
         if hasattr(src, "close") and not isinstance(source, (np.ndarray, torch.Tensor)) and src is not source:
             src.close()
+    seconds = time.perf_counter() - t0
     invalid = int(getattr(src, "invalid_pixels", 0))
-    if read_px and invalid >= read_px:
+    if total and (skipped == total or (read_px and invalid >= read_px)):
         from rsvision.errors import DataError
 
         raise DataError("no usable pixels (all nodata, NaN or inf): nothing detected", path=path)
@@ -193,8 +208,11 @@ def predict_scene(
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     return SceneDetections(boxes, scores, labels, H, W, list(class_names), transform, crs,
                            str(path) if path is not None else None,
-                           {"windows": total, "windows_total": n_all, "raw_detections": n_raw,
-                            "megapixels": H * W / 1e6, "invalid_pixels": invalid})
+                           {"windows": total, "windows_total": n_all, "windows_skipped": skipped,
+                            "raw_detections": n_raw, "megapixels": H * W / 1e6, "invalid_pixels": invalid,
+                            "seconds": round(seconds, 3),
+                            "s_per_window": round(seconds / max(total - skipped, 1), 3),
+                            "mp_per_s": round(H * W / 1e6 * total / max(n_all, 1) / max(seconds, 1e-9), 3)})
 
 
 def read_overview(source: Any, max_side: int = 4096, bands: Sequence[int] | None = None) -> tuple[np.ndarray, float]:

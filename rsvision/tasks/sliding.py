@@ -12,13 +12,14 @@ horizontal and vertical flips.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from rsvision.data.sources import open_source
-from rsvision.data.tiling import Window, window_starts
+from rsvision.data.tiling import Window, prefetch, window_starts
 
 __all__ = ["blend_weights", "iter_blended_strips", "sliding_window_inference", "predict_probs"]
 
@@ -65,6 +66,7 @@ def iter_blended_strips(
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
     min_size: int = 32,
+    stats: dict | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(y0, probs)``: finished row strips ``probs`` of shape ``(K, h, W)`` from row ``y0`` down.
 
@@ -73,6 +75,8 @@ def iter_blended_strips(
     ``(B, K, h, w)``. Strips are yielded top to bottom and cover every row exactly once. Images
     smaller than ``min_size`` on a side are padded to it (with the source's fill values, i.e. the band
     means) so a network with a stride-32 stem still sees a valid input; the padding is cropped off.
+    The next windows are read in a background thread while the model runs; windows that the source's
+    nodata / alpha mask rules out are not run (``stats``: windows, windows_skipped, seconds, mp_per_s).
     """
     source = open_source(source)
     H, W = source.height, source.width
@@ -83,25 +87,51 @@ def iter_blended_strips(
     total, done = len(ys) * len(xs), 0
     acc = np.zeros((num_classes, wh, W), np.float32)
     wsum = np.zeros((wh, W), np.float32)
-    for r, y0 in enumerate(ys):  # invariant: the buffer holds rows [y0, y0 + wh)
-        wins = [Window(x0, y0, ww, wh) for x0 in xs]
-        for i in range(0, len(wins), batch_size):
-            group = wins[i : i + batch_size]
-            batch = torch.from_numpy(np.stack([source.read(w) for w in group])).to(device)
-            probs = predict_probs(predict_fn, _pad_small(batch, min_size, source), tta)[..., :wh, :ww].cpu()
+    stats = stats if stats is not None else {}
+    stats.update(windows=total, windows_skipped=0)
+
+    def batches():
+        """(row, windows kept, raw batch, windows in the group), read ahead in a thread; windows
+        the nodata / alpha mask rules out entirely are skipped (their pixels come out as nodata)."""
+        for r, y0 in enumerate(ys):
+            wins = [Window(x0, y0, ww, wh) for x0 in xs]
+            for i in range(0, len(wins), batch_size):
+                group = [w for w in wins[i : i + batch_size] if source.any_valid(w)]
+                stats["windows_skipped"] += min(batch_size, len(wins) - i) - len(group)
+                batch = torch.from_numpy(np.stack([source.read(w) for w in group])) if group else None
+                yield r, group, batch, min(batch_size, len(wins) - i)
+
+    def strip(r: int):
+        nonlocal acc, wsum
+        y0 = ys[r]
+        end = ys[r + 1] if r + 1 < len(ys) else H  # rows < next window start are final
+        k = end - y0
+        out = np.divide(acc[:, :k], wsum[None, :k], out=np.zeros_like(acc[:, :k]), where=wsum[None, :k] > 0)
+        acc = np.concatenate([acc[:, k:], np.zeros((num_classes, k, W), np.float32)], 1)
+        wsum = np.concatenate([wsum[k:], np.zeros((k, W), np.float32)], 0)
+        return y0, out
+
+    t0 = time.perf_counter()
+    row = 0  # invariant: the buffer holds rows [ys[row], ys[row] + wh)
+    for r, group, batch, n in prefetch(batches()):
+        while r > row:
+            yield strip(row)
+            row += 1
+        if group:
+            probs = predict_probs(predict_fn, _pad_small(batch.to(device), min_size, source), tta)[..., :wh, :ww].cpu()
             if probs.shape[1] != num_classes or probs.shape[-2:] != (wh, ww):
                 raise ValueError(f"model returned {tuple(probs.shape)}, expected (B, {num_classes}, {wh}, {ww})")
             for w, p in zip(group, probs):
                 acc[:, :, w.x0 : w.x1] += (p * weights).numpy()
                 wsum[:, w.x0 : w.x1] += weights.numpy()
-            done += len(group)
-            if progress is not None:
-                progress(done, total)
-        end = ys[r + 1] if r + 1 < len(ys) else H  # rows < next window start are final
-        k = end - y0
-        yield y0, acc[:, :k] / wsum[None, :k]
-        acc = np.concatenate([acc[:, k:], np.zeros((num_classes, k, W), np.float32)], 1)
-        wsum = np.concatenate([wsum[k:], np.zeros((k, W), np.float32)], 0)
+        done += n
+        if progress is not None:
+            progress(done, total)
+    while row < len(ys):
+        yield strip(row)
+        row += 1
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    stats["mp_per_s"] = round(H * W / 1e6 / max(stats["seconds"], 1e-9), 3)
 
 
 def _pad_small(batch: torch.Tensor, min_size: int, source: Any) -> torch.Tensor:

@@ -73,3 +73,30 @@ def test_classification_eval_fast_and_plain(tmp_path):
     assert m[True]["confusion_matrix"] == m[False]["confusion_matrix"]
     probs = {fast: [r["probs"] for r in predict(task, [tmp_path / "d" / "water"], fast=fast)] for fast in (True, False)}
     np.testing.assert_allclose(probs[True], probs[False], atol=1e-4)
+
+
+def test_windows_outside_the_footprint_are_skipped(tmp_path):
+    """A scene whose left half is nodata: those windows are never run (counted in the stats), their
+    pixels come out as nodata, and detection skips them too."""
+    from rsvision.tasks.detection import DetectionTask
+    from rsvision.tasks.segmentation import SegmentationTask
+
+    arr = (np.random.default_rng(1).random((3, 128, 256)) * 254 + 1).astype(np.uint8)
+    arr[:, :, :128] = 0
+    p = tmp_path / "half.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=256, height=128, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32632", transform=from_origin(500000, 5000000, 1, 1)) as ds:
+        ds.write(arr)
+    torch.manual_seed(0)
+    seg = SegmentationTask(model={"backbone": "test_convnext", "decoder": "upernet", "channels": 16, "in_chans": 3},
+                           data={"classes": ["a", "b"], "mean": [120.0] * 3, "std": [50.0] * 3, "img_size": 64}).eval()
+    (r,) = predict(seg, [p], tmp_path / "seg", window=64, overlap=0)
+    assert r["stats"]["windows"] == 8 and r["stats"]["windows_skipped"] == 4 and r["stats"]["mp_per_s"] > 0
+    with rasterio.open(r["files"]["geotiff"]) as m:
+        mask = m.read(1)
+    assert (mask[:, :128] == 255).all() and (mask[:, 128:] != 255).all()
+    det = DetectionTask(model={"type": "OrientedRCNN", "backbone": "test_resnet", "fpn_channels": 8, "fc_channels": 16},
+                        data={"class_names": ["x"], "img_size": 64}).eval()
+    (r,) = predict(det, [p], tmp_path / "det", window=64, overlap=0, png=False)
+    st = r["detections"].stats
+    assert st["windows"] == 8 and st["windows_skipped"] == 4 and st["s_per_window"] >= 0
