@@ -34,6 +34,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="runs/bench_predict")
+    ap.add_argument("--no-fast", action="store_true", help="plain model (default: optimize_for_inference, as predict)")
     ap.add_argument("--max-windows", type=int, default=None,
                     help="time only the first N windows (throughput extrapolated to the scene)")
     args = ap.parse_args(argv)
@@ -66,6 +67,10 @@ def main(argv=None) -> dict:
                              "fpn_channels": args.fpn, "fc_channels": args.fc})
         mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
     model = model.to(args.device).eval()
+    if not args.no_fast:
+        from rsvision.models.fast import optimize_for_inference
+
+        model = optimize_for_inference(model)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
@@ -87,7 +92,7 @@ def main(argv=None) -> dict:
         "model": (f"checkpoint {args.checkpoint}: {hp['model'].get('type')} {hp['model'].get('backbone')} fpn "
                   f"{hp['model'].get('fpn_channels')} fc {hp['model'].get('fc_channels')}" if args.checkpoint else
                   f"OrientedRCNN lsknet_t fpn {args.fpn} fc {args.fc} (random weights)"),
-        "window": args.window, "overlap": args.overlap, "batch_size": args.batch_size, "windows": det.stats["windows"], "windows_total": det.stats["windows_total"],
+        "fast": not args.no_fast, "windows_skipped": det.stats.get("windows_skipped"), "window": args.window, "overlap": args.overlap, "batch_size": args.batch_size, "windows": det.stats["windows"], "windows_total": det.stats["windows_total"],
         "extrapolated_full_scene_s": round(t_pred / frac, 1),
         "detections": len(det.scores), "predict_s": round(t_pred, 2), "write_s": round(t_write, 2),
         "MP_per_s": round(mp / t_pred, 4), "s_per_window": round(t_pred / det.stats["windows"], 3),
