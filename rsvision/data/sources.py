@@ -11,6 +11,7 @@ normalisation) and counted in ``invalid_pixels``. Opening checks the pixel budge
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -135,6 +136,8 @@ class RasterSource(_Source):
         self.has_mask = self.ds.nodata is not None or any(ci == ColorInterp.alpha for ci in self.ds.colorinterp)
         self.dtype = str(self.ds.dtypes[0])
         self.fill, self.scale = fill, value_scale(self.dtype, train_dtype)
+        self._last_mask: tuple[Window, np.ndarray] | None = None
+        self._lock = threading.RLock()
 
     def _raw(self, w: Window) -> np.ndarray:
         from rasterio.windows import Window as RWindow
@@ -142,7 +145,8 @@ class RasterSource(_Source):
         if self.array is not None:
             return self.array[:, w.y0 : w.y1, w.x0 : w.x1]
         try:
-            return self.ds.read(self.bands, window=RWindow(w.x0, w.y0, w.width, w.height))
+            with self._lock:  # one GDAL dataset handle: one thread at a time (reads run ahead in a thread)
+                return self.ds.read(self.bands, window=RWindow(w.x0, w.y0, w.width, w.height))
         except Exception as exc:  # truncated / corrupt files fail here, not at open
             raise DataError(f"cannot read window {w}: {exc}", path=self.path) from exc
 
@@ -151,10 +155,16 @@ class RasterSource(_Source):
             return None
         from rasterio.windows import Window as RWindow
 
-        try:
-            return self.ds.dataset_mask(window=RWindow(w.x0, w.y0, w.width, w.height)) > 0
-        except Exception as exc:
-            raise DataError(f"cannot read the mask of window {w}: {exc}", path=self.path) from exc
+        with self._lock:
+            last = self._last_mask
+            if last is not None and last[0] == w:  # any_valid(w) then read(w): one mask read
+                return last[1]
+            try:
+                m = self.ds.dataset_mask(window=RWindow(w.x0, w.y0, w.width, w.height)) > 0
+            except Exception as exc:
+                raise DataError(f"cannot read the mask of window {w}: {exc}", path=self.path) from exc
+            self._last_mask = (w, m)
+            return m
 
     def overview(self, out_shape: tuple[int, int]) -> np.ndarray:
         """A decimated ``(C, h, w)`` float32 read for pictures (GDAL overviews; never the full scene)."""
@@ -162,13 +172,15 @@ class RasterSource(_Source):
             sy, sx = max(1, self.height // out_shape[0]), max(1, self.width // out_shape[1])
             return np.asarray(self.array[:, ::sy, ::sx][:, : out_shape[0], : out_shape[1]], np.float32) * self.scale
         try:
-            a = self.ds.read(self.bands, out_shape=(self.count, *out_shape)).astype(np.float32)
+            with self._lock:
+                a = self.ds.read(self.bands, out_shape=(self.count, *out_shape)).astype(np.float32)
         except Exception as exc:
             raise DataError(f"cannot read an overview: {exc}", path=self.path) from exc
         return a * self.scale
 
     def close(self) -> None:
-        self.ds.close()
+        with self._lock:
+            self.ds.close()
 
 
 class PairSource(_Source):
