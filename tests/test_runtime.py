@@ -13,13 +13,12 @@ from rsvision.runtime import glibc
 _LIBC = glibc()
 needs_glibc = pytest.mark.skipif(_LIBC is None or not hasattr(_LIBC, "mallinfo2"), reason="needs glibc >= 2.33")
 
-# Prints the bytes glibc holds in mmapped blocks while a 64 MiB tensor is alive, and the
-# heap's size after the tensor was freed.
-_PROBE = textwrap.dedent(
+# Both probes start here: glibc's mallinfo2, to read how it serves a big block.
+_MALLINFO = textwrap.dedent(
     """
     import ctypes
     import torch
-    from rsvision.runtime import allocator_mode, apply_env_malloc, glibc
+    from rsvision.runtime import allocator_mode, apply_env_malloc, glibc, kept_memory
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in
@@ -27,6 +26,13 @@ _PROBE = textwrap.dedent(
 
     libc = glibc()
     libc.mallinfo2.restype = MallInfo2
+    """
+)
+
+# Prints the bytes glibc holds in mmapped blocks while a 64 MiB tensor is alive, and the
+# heap's size after the tensor was freed.
+_PROBE = _MALLINFO + textwrap.dedent(
+    """
     applied = apply_env_malloc()
     assert allocator_mode() == ("keep" if applied else "system")
     x = torch.ones(16 << 20)  # 64 MiB
@@ -75,33 +81,23 @@ def test_cli_applies_it_at_start(monkeypatch):
     assert calls == [1]
 
 
-_SCOPE_PROBE = textwrap.dedent(
+_SCOPE_PROBE = _MALLINFO + textwrap.dedent(
     """
-    import ctypes
-    import torch
-    from rsvision.runtime import allocator_mode, glibc, kept_memory
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-    libc = glibc()
-    libc.mallinfo2.restype = MallInfo2
-
-    def mmapped_64mib():
-        x = torch.ones(16 << 20)
+    def mmapped(mib):
+        x = torch.ones(mib << 18)  # mib MiB of float32
         n = libc.mallinfo2().hblkhd
         del x
-        return int(n >= (64 << 20))
+        return int(n >= (mib << 20))
 
     modes = [allocator_mode()]
     with kept_memory():
         with kept_memory():  # nested: free
             modes.append(allocator_mode())
-            inside = mmapped_64mib()
+            inside = mmapped(64)
         modes.append(allocator_mode())
     modes.append(allocator_mode())
-    print(" ".join(modes), inside, mmapped_64mib())
+    # after: a block bigger than the heap kept inside (a smaller one may reuse that free space)
+    print(" ".join(modes), inside, mmapped(128))
     """
 )
 
