@@ -30,9 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rsvision.config import deep_merge, from_dict, load_config, load_yaml, parse_set, set_dotted  # noqa: F401
-from rsvision.data.raster import expand_inputs  # noqa: F401  (re-exported for CLI modules)
 from rsvision.outputs import check_writable_file  # noqa: F401  (re-exported for CLI modules)
-from rsvision.tasks.common import write_json  # noqa: F401  (re-exported for CLI modules)
 
 __all__ = [
     "console", "ConfigOpt", "DataOpt", "ModelOpt", "ImgSizeOpt", "EpochsOpt", "BatchSizeOpt", "OutOpt",
@@ -43,6 +41,20 @@ __all__ = [
 ]
 
 console = Console()
+
+
+# The CLI modules import nothing heavy at module level (torch, timm, lightning, rasterio), so that
+# ``rsvision --help`` stays under a second; these two are re-exported lazily for that reason.
+def expand_inputs(*args: Any, **kwargs: Any):
+    from rsvision.data.raster import expand_inputs as impl
+
+    return impl(*args, **kwargs)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    from rsvision.tasks.common import write_json as impl
+
+    return impl(obj, path)
 
 # --- options (Annotated aliases: use as `name: Alias = default`) ----------------------------------
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config; other options override it.")]
