@@ -35,7 +35,8 @@ from rsvision.outputs import check_writable_file  # noqa: F401  (re-exported for
 __all__ = [
     "console", "ConfigOpt", "DataOpt", "ModelOpt", "ImgSizeOpt", "EpochsOpt", "BatchSizeOpt", "OutOpt",
     "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "MaxTimeOpt", "SetOpt", "CheckpointOpt",
-    "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "TopKOpt", "ExistOkOpt", "FastOpt", "COMMON_OVERRIDES",
+    "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "PREDICT_OUT", "TtaOpt", "SplitOpt", "SplitFileOpt",
+    "RgbOpt", "ScoreThrOpt", "parse_rgb", "progress_bar", "TopKOpt", "ExistOkOpt", "FastOpt", "COMMON_OVERRIDES",
     "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
     "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table", "train_command", "report_run",
 ]
@@ -78,10 +79,23 @@ CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="rsvision chec
 EvalDataOpt = Annotated[Optional[Path], typer.Option("--data", help="Dataset to evaluate on.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as JSON to this file.")]
 InputsArg = Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")]
-PredictOutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory.")]
+PredictOutOpt = Annotated[Path, typer.Option("--out", help="Output directory (refused when it holds results, "
+                                                           "unless --exist-ok).")]
+#: The one default output folder of every ``predict``.
+PREDICT_OUT = Path("predictions")
 TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")]
 FastOpt = Annotated[bool, typer.Option(
     "--fast/--no-fast", help="Optimised inference copy of LSKNet / HAKSNet models (same outputs to ~1e-5).")]
+TtaOpt = Annotated[Optional[bool], typer.Option(
+    "--tta/--no-tta", help="Test-time augmentation (flips; multi-scale for detect); default: the checkpoint's.")]
+SplitOpt = Annotated[Optional[str], typer.Option(
+    "--split", help="Score only this split (train | val | test) of the split file the training run wrote.")]
+SplitFileOpt = Annotated[Optional[Path], typer.Option(
+    "--split-file", help="Split file (default: the one beside the checkpoint: splits.csv / splits.json).")]
+RgbOpt = Annotated[Optional[str], typer.Option(
+    "--rgb", help="Input bands drawn as red,green,blue in pictures, 1-based (e.g. 4,3,2); default 1,2,3.")]
+ScoreThrOpt = Annotated[Optional[float], typer.Option(
+    "--score-thr", min=0.0, max=1.0, help="Keep (and draw) only results scoring at least this.")]
 ExistOkOpt = Annotated[bool, typer.Option(
     "--exist-ok", help="Write into an --out that already holds results (same names replaced, nothing else touched).")]
 
@@ -100,6 +114,28 @@ COMMON_OVERRIDES: dict[str, str] = {
     "seed": "trainer.seed",
     "max_time": "trainer.max_time",
 }
+
+
+def parse_rgb(text: str | None, in_chans: int) -> list[int] | None:
+    """``"4,3,2"`` -> ``[3, 2, 1]`` (0-based), checked against the model's band count; a clear error otherwise."""
+    if text is None:
+        return None
+    try:
+        bands = [int(t) for t in text.replace(" ", "").split(",")]
+    except ValueError:
+        bands = []
+    if len(bands) != 3 or min(bands) < 1:
+        raise typer.BadParameter(f"expected three 1-based band numbers like 4,3,2, got {text!r}", param_hint="--rgb")
+    if max(bands) > in_chans:
+        raise typer.BadParameter(f"the model reads {in_chans} bands, got {text!r}", param_hint="--rgb")
+    return [b - 1 for b in bands]
+
+
+def progress_bar():
+    """The one progress display of long loops (rich; plain periodic lines when not on a terminal)."""
+    from rsvision.progress import progress
+
+    return progress(console)
 
 
 def train_overrides(set_: Iterable[str] | None = None, **cli: Any) -> dict[str, Any]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import typer
 
 from rsvision.cli._common import (
-    ExistOkOpt, FastOpt,    train_command,
-    CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
-    JsonOpt, PredictOutOpt,
+    PREDICT_OUT, CheckpointOpt, DeviceOpt, EvalDataOpt, ExistOkOpt, FastOpt, InputsArg, JsonOpt, PredictOutOpt,
+    RgbOpt, SplitFileOpt, SplitOpt, TtaOpt, train_command,
 )
-from rsvision.cli.segment import OverlapOpt, RgbOpt, TtaOpt, WindowOpt, run_eval, run_predict
+from rsvision.cli.segment import OverlapOpt, WindowOpt, run_eval, run_predict
 
 app = typer.Typer(help="Change detection on image pairs: train, evaluate, predict (PNG overlay + GeoTIFF).",
                   no_args_is_help=True)
@@ -22,14 +21,14 @@ app.command()(train_command(
 
 
 @app.command("eval")
-def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = None, tta: TtaOpt = None,
-          device: DeviceOpt = None, fast: FastOpt = True) -> None:
+def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = None, split: SplitOpt = None,
+          split_file: SplitFileOpt = None, tta: TtaOpt = None, device: DeviceOpt = None, fast: FastOpt = True) -> None:
     """Evaluate on labelled pairs (whole images, sliding windows): precision, recall, F1, IoU, OA, kappa."""
-    run_eval(checkpoint, data, json, tta, device, "change", fast)
+    run_eval(checkpoint, data, json, tta, device, "change", fast, split, split_file)
 
 
 @app.command()
-def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
+def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
             exist_ok: ExistOkOpt = False, fast: FastOpt = True) -> None:
     """Change maps of pairs: INPUTS are A B [A B ...] files or folders with A/ and B/ (or a scene folder)."""

@@ -10,15 +10,12 @@ from rich.table import Table
 from rsvision.cli._common import (
     ExistOkOpt, FastOpt, check_writable_file,    train_command,
     BatchSizeOpt, CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
-    JsonOpt, PredictOutOpt, TopKOpt,
+    JsonOpt, PredictOutOpt, TopKOpt, PREDICT_OUT, ScoreThrOpt, SplitFileOpt, SplitOpt, TtaOpt,
     console, print_metrics,
 )
 
 app = typer.Typer(help="Scene classification: train, evaluate, predict.", no_args_is_help=True)
 
-SplitFileOpt = Annotated[Optional[Path], typer.Option(
-    "--split-file", help="Split file (default: splits.csv next to the checkpoint when --split is given).")]
-SplitOpt = Annotated[Optional[str], typer.Option("--split", help="Evaluate only this split: train | val | test.")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning.")]
 
 
@@ -43,7 +40,7 @@ def eval_(
     checkpoint: CheckpointOpt, data: EvalDataOpt = None, json_out: JsonOpt = None,
     split: SplitOpt = None, split_file: SplitFileOpt = None, batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None, skip_bad: SkipBadOpt = False, fast: FastOpt = True,
-    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips / 90-degree rotations.")] = False,
+    tta: TtaOpt = None,
     eval_size: Annotated[Optional[int], typer.Option(
         "--eval-size", help="Resize each whole image to N px (overrides the checkpoint's eval policy).")] = None,
     cm: Annotated[Optional[Path], typer.Option("--cm", help="Confusion-matrix PNG (default: next to --json, "
@@ -58,6 +55,7 @@ def eval_(
     check_writable_file(json_out, "--json")
     check_writable_file(cm, "--cm")
     task = load_task(checkpoint, device or "auto")
+    tta = bool(tta)
     metrics = evaluate(task, data, split=split, split_file=split_file, batch_size=batch_size or 32, tta=tta,
                        eval_size=eval_size, skip_bad=skip_bad, progress=True, fast=fast)
     metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta,
@@ -78,25 +76,27 @@ def eval_(
 
 @app.command()
 def predict(
-    checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, top_k: TopKOpt = 3,
+    checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, top_k: TopKOpt = 3,
     batch_size: BatchSizeOpt = None, device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
-    exist_ok: ExistOkOpt = False, fast: FastOpt = True,
+    exist_ok: ExistOkOpt = False, fast: FastOpt = True, tta: TtaOpt = None, score_thr: ScoreThrOpt = None,
 ) -> None:
-    """Top-k classes with probabilities for images (files, folders, globs)."""
+    """Top-k classes with probabilities for images (files, folders, globs); predictions.json / .csv in --out.
+
+    ``--score-thr`` picks the labels (multi-label: default 0.5; single-label: default the top class)."""
     from rsvision.tasks import load_task, predict as predict_task
 
     task = load_task(checkpoint, device or "auto")
     preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad,
-                              exist_ok=exist_ok, fast=fast))
+                              exist_ok=exist_ok, fast=fast, tta=tta, score_thr=score_thr))
     t = Table(title=f"{checkpoint.name}: top-{top_k}" + (" (multi-label)" if task.multilabel else ""))
     t.add_column("image")
+    t.add_column("labels")
     for i in range(min(top_k, len(task.classes))):
         t.add_column(f"#{i + 1}")
     for p in preds:
         if "error" in p:
             t.add_row(Path(p["path"]).name, f"[red]{p['error']}[/]")
             continue
-        t.add_row(Path(p["path"]).name, *[f"{c} {100 * q:.1f}%" for c, q in p["top"]])
+        t.add_row(Path(p["path"]).name, ", ".join(p["labels"]) or "-", *[f"{c} {q:.3f}" for c, q in p["top"]])
     console.print(t)
-    if out is not None:
-        console.print(f"predictions written to [bold]{out}[/]")
+    console.print(f"predictions written to [bold]{out}[/] (predictions.json, predictions.csv)")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rsvision.cli._common import ExistOkOpt, JsonOpt, check_writable_file, console, write_json
@@ -124,11 +123,13 @@ def split(
     check_split_config(cfg)
     check_writable_file(json_out, "--json")
     n = sum(1 for p in img_dir.iterdir() if p.is_file()) if img_dir.is_dir() else 0
-    cols = (TextColumn("[bold]split"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
-    with Progress(*cols, console=console, transient=False) as prog, _quiet("rsvision.data.dota.labels"):
-        task = prog.add_task("", total=n or None)
+    from rsvision.progress import progress
+
+    with progress(console, transient=False) as prog, _quiet("rsvision.data.dota.labels"):
+        task = prog.add_task("split", total=n or None)
         summary = split_dataset(img_dir, ann_dir, out, cfg, workers=workers, exist_ok=exist_ok, skip_bad=skip_bad,
-                                strict=strict, progress=lambda name: prog.update(task, advance=1, description=name))
+                                strict=strict, progress=lambda name: prog.update(task, advance=1,
+                                                                                 description=f"split {name}"))
     t = Table(title=f"dota split -> {out}")
     for k in ("images", "patches", "objects", "nodata windows", "empty windows", "failed"):
         t.add_column(k, justify="right")

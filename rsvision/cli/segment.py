@@ -5,45 +5,20 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rsvision.cli._common import (
-    ExistOkOpt, FastOpt, check_writable_file,    train_command,
-    CheckpointOpt, DeviceOpt, EvalDataOpt, InputsArg,
-    JsonOpt, PredictOutOpt, console,
-    metrics_table, per_class_table, write_json,
+    PREDICT_OUT, CheckpointOpt, DeviceOpt, EvalDataOpt, ExistOkOpt, FastOpt, InputsArg, JsonOpt, PredictOutOpt,
+    RgbOpt, SplitFileOpt, SplitOpt, TtaOpt, check_writable_file, console, metrics_table, parse_rgb,
+    per_class_table, progress_bar, train_command, write_json,
 )
 
 app = typer.Typer(help="Semantic segmentation: train, evaluate, predict (sliding windows, GeoTIFF masks).",
                   no_args_is_help=True)
 
-TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Flip test-time augmentation (default: checkpoint's).")]
 WindowOpt = Annotated[Optional[int], typer.Option("--window", min=1, help="Sliding-window size (default: training crop).")]
 OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", min=0, help="Sliding-window overlap in pixels.")]
-RgbOpt = Annotated[Optional[str], typer.Option(
-    "--rgb", help="Input bands shown as red,green,blue in the overlay PNG, 1-based (e.g. 4,3,2); default 1,2,3.")]
-
-
-def parse_rgb(text: str | None, in_chans: int) -> list[int] | None:
-    """``"4,3,2"`` -> ``[3, 2, 1]`` (0-based), checked against the model's band count; a clear error otherwise."""
-    if text is None:
-        return None
-    try:
-        bands = [int(t) for t in text.replace(" ", "").split(",")]
-    except ValueError:
-        bands = []
-    if len(bands) != 3 or min(bands) < 1:
-        raise typer.BadParameter(f"expected three 1-based band numbers like 4,3,2, got {text!r}", param_hint="--rgb")
-    if max(bands) > in_chans:
-        raise typer.BadParameter(f"the model reads {in_chans} bands, got {text!r}", param_hint="--rgb")
-    return [b - 1 for b in bands]
 MaskOpt = Annotated[Optional[str], typer.Option("--mask", help="Mask encoding preset for --data (default: checkpoint's).")]
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
 
 
 def print_dense_metrics(m: dict, json_path: Path | None, title: str) -> None:
@@ -81,7 +56,8 @@ def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool
 
 
 def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: bool | None, device: str | None,
-             task_name: str, fast: bool = True, **dataset_options) -> None:
+             task_name: str, fast: bool = True, split: str | None = None, split_file: Path | None = None,
+             **dataset_options) -> None:
     """Shared body of ``segment eval`` / ``change eval``."""
     from rsvision.errors import ConfigError
     from rsvision.tasks import evaluate, load_task
@@ -92,11 +68,12 @@ def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: b
     task = load_task(checkpoint, device or "auto")
     if task.name != task_name:
         raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
-    ds = task.eval_dataset(data, **dataset_options)
+    ds = task.eval_dataset(data, split=split, split_file=split_file, **dataset_options)
     with progress_bar() as bar:
         job = bar.add_task("evaluating", total=len(ds))
         m = evaluate(task, ds, tta=tta, progress=lambda i, n: bar.update(job, completed=i), fast=fast)
-    print_dense_metrics(m, json_path, f"{task_name} eval: {data}")
+    m.update(checkpoint=str(checkpoint), data=str(data), split=split)
+    print_dense_metrics(m, json_path, f"{task_name} eval: {data}" + (f" [{split}]" if split else ""))
 
 
 app.command()(train_command(
@@ -106,14 +83,15 @@ app.command()(train_command(
 
 
 @app.command("eval")
-def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = None, tta: TtaOpt = None,
-          mask: MaskOpt = None, device: DeviceOpt = None, fast: FastOpt = True) -> None:
+def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = None, split: SplitOpt = None,
+          split_file: SplitFileOpt = None, tta: TtaOpt = None, mask: MaskOpt = None, device: DeviceOpt = None,
+          fast: FastOpt = True) -> None:
     """Evaluate on image/mask folders (whole images, sliding windows): IoU, mIoU, F1, mF1, OA."""
-    run_eval(checkpoint, data, json, tta, device, "segment", fast, mask=mask)
+    run_eval(checkpoint, data, json, tta, device, "segment", fast, split, split_file, mask=mask)
 
 
 @app.command()
-def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = None, tta: TtaOpt = None,
+def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
             exist_ok: ExistOkOpt = False, fast: FastOpt = True) -> None:
     """Segment images / rasters of any size: colour overlay PNG, and a GeoTIFF mask for georeferenced input."""

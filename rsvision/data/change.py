@@ -274,6 +274,16 @@ class ChangeDataModule(CropDataModule):
     def stat_images(self):
         return [p for it in self.train_items[:16] for p in (it.a, it.b)]  # both dates
 
+    def split_record(self) -> dict:
+        """What ``train`` writes to ``splits.json`` (items keyed by their date-A file)."""
+        from rsvision.data.splits import split_record
+
+        c = self.cfg
+        spatial = len(self.train_items) == 1 and isinstance(self.train_items[0].label, np.ndarray)
+        extra = dict(axis=c.split_axis, val_fraction=c.val_fraction) if spatial else {}
+        return split_record([it.a for it in self.train_items], [it.a for it in self.val_items],
+                            "spatial" if spatial else "files", **extra)
+
     def setup(self, stage: str | None = None) -> None:
         c = self.cfg
         self.train_ds = ChangeDataset(self.train_items, c.img_size, True, c.bands, c.ignore_index,

@@ -307,6 +307,16 @@ class DetectionDataModule(L.LightningDataModule):
         else:
             self.val_ds = None
 
+    def split_record(self) -> dict:
+        """What ``train`` writes to ``splits.json``: the training / validation images (patches when the
+        data is split into patches; ``detect eval --split`` matches full images by patch name prefix)."""
+        from rsvision.data.splits import split_record
+
+        if getattr(self, "train_ds", None) is None:
+            self.setup("fit")
+        return split_record([p for p, *_ in self.train_ds.items],
+                            [p for p, *_ in self.val_ds.items] if self.val_ds is not None else [])
+
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         # training: order by (seed, epoch), keys (index, epoch) -> augmentations of that key only (resumable)
         sampler = SeededRandomSampler(len(ds), self.seed, keys=True) if shuffle else None

@@ -433,6 +433,16 @@ class SegmentationDataModule(CropDataModule):
     def stat_images(self):
         return [p for p, _ in self.train_pairs[:32]]
 
+    def split_record(self) -> dict:
+        """What ``train`` writes to ``splits.json`` (``eval --split`` reads it back)."""
+        from rsvision.data.splits import split_record
+
+        c = self.cfg
+        if c.split == "spatial" and not c.val_root:
+            return split_record([p for p, _ in self.train_pairs], [p for p, _ in self.val_pairs], "spatial",
+                                axis=c.split_axis, val_fraction=c.val_fraction)
+        return split_record([p for p, _ in self.train_pairs], [p for p, _ in self.val_pairs])
+
     def num_bands(self) -> int:
         return len(self.band_stats()[0])
 

@@ -337,6 +337,7 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
     with kept_memory(), claim_run_dir(t):
         L.seed_everything(t.seed, workers=True, verbose=False)  # data splits and model init are part of the run
         dm = cls.build_datamodule(config)
+        _write_splits(dm, Path(t.out))
         task = cls.from_config(config, dm)
         t.monitor, t.mode = t.monitor or task.monitor, t.mode or task.mode
         overrides = {**task.trainer_defaults(), **trainer_overrides}
@@ -351,6 +352,17 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
         if trainer.is_global_zero and result.checkpoint is not None:
             task.after_fit(config, dm, result)
     return result
+
+
+def _write_splits(dm: Any, out: Path) -> None:
+    """``splits.json`` of a datamodule that records its split (rank 0; ``eval --split`` reads it)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    record = getattr(dm, "split_record", None)
+    if callable(record) and rank_zero_only.rank == 0:
+        from rsvision.data.splits import SPLITS_FILE, write_splits
+
+        write_splits(record(), out / SPLITS_FILE)
 
 
 def _all_tasks() -> list[type[BaseTask]]:

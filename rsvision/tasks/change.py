@@ -72,9 +72,27 @@ class ChangeTask(DenseTask):
         mean, std = dm.band_stats()
         return cls.task_data(cfg, CHANGE_CLASSES, CHANGE_PALETTE, mean, std, dtype=_first_dtype(dm))
 
-    def eval_dataset(self, root: Any, **kw: Any) -> ChangeDataset:
-        """Whole-pair dataset of every labelled pair under ``root`` (any supported layout)."""
+    def eval_dataset(self, root: Any, split: str | None = None, split_file: str | Path | None = None,
+                     **kw: Any) -> ChangeDataset:
+        """Whole-pair dataset of every labelled pair under ``root`` (any supported layout); ``split``
+        (train | val) keeps that split of the run's ``splits.json`` (pairs, or a scene's rows / columns)."""
         items = [it for r in as_list(root) for it in find_change_items(r, ignore_index=self.ignore_index, **kw)]
+        if split is not None:
+            import numpy as np
+
+            from rsvision.data.change import ChangeItem, read_binary_label, split_label
+            from rsvision.data.splits import find_split_file, keep_split, read_splits
+
+            path = find_split_file(getattr(self, "checkpoint_path", None), split_file)
+            rec = read_splits(path)
+            items = keep_split(items, lambda it: it.a, rec, split, path)
+            if rec["mode"] == "spatial":
+                def part(it):
+                    lab = it.label if isinstance(it.label, np.ndarray) else read_binary_label(it.label)
+                    tr, va = split_label(lab, float(rec["val_fraction"]), int(rec["axis"]), self.ignore_index)
+                    return ChangeItem(it.a, it.b, tr if split == "train" else va, it.name)
+
+                items = [part(it) for it in items]
         return ChangeDataset(items, None, False, self.hparams.get("bands"), self.ignore_index, cache=False)
 
     def items_from_inputs(self, inputs: Sequence[Any]) -> list[tuple[Path, Path, str]]:

@@ -370,9 +370,9 @@ class ClassificationTask(BaseTask):
         probs, targets = [], []
         it = loader
         if progress:
-            from rich.progress import track
+            from rsvision.progress import track
 
-            it = track(loader, description="evaluating", transient=True)
+            it = track(loader, "evaluating")
         for batch in it:
             x = self._fmt(batch["image"].to(device))
             with torch.no_grad():
@@ -394,8 +394,10 @@ class ClassificationTask(BaseTask):
     @torch.inference_mode()
     def predict(self, inputs: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 16,
                 top_k: int = 5, skip_bad: bool = False, progress: bool = False, exist_ok: bool = False,
-                fast: bool = True) -> Iterator[dict]:
-        """Yield ``{"input", "top": [(class, prob), ...], "probs": [...]}`` per image (files, folders, globs).
+                fast: bool = True, tta: bool | None = None, score_thr: float | None = None) -> Iterator[dict]:
+        """Yield ``{"input", "top": [(class, prob), ...], "labels": [...], "probs": [...]}`` per image
+        (files, folders, globs). ``labels``: the classes scoring >= ``score_thr`` (default 0.5 for
+        multi-label checkpoints, else the top-1 class). ``tta``: average over the 8 flips / rotations.
 
         Unreadable images raise DataError naming the file, or yield ``{"input", "error"}`` under
         ``skip_bad``. Multi-label checkpoints give independent sigmoid probabilities. With ``out`` (new or
@@ -409,9 +411,9 @@ class ClassificationTask(BaseTask):
         if batch_size < 1 or top_k < 1:
             raise ConfigError(f"--batch-size and --top-k must be >= 1, got {batch_size} and {top_k}")
         with claim_dir(out, exist_ok) if out is not None else contextlib.nullcontext():
-            yield from self._predict(inputs, out, batch_size, top_k, skip_bad, fast)
+            yield from self._predict(inputs, out, batch_size, top_k, skip_bad, fast, bool(tta), score_thr)
 
-    def _predict(self, inputs, out, batch_size, top_k, skip_bad, fast) -> Iterator[dict]:
+    def _predict(self, inputs, out, batch_size, top_k, skip_bad, fast, tta=False, score_thr=None) -> Iterator[dict]:
         from rsvision.data.classification import Sample
         from rsvision.data.raster import expand_inputs
         from rsvision.errors import DataError
@@ -425,11 +427,19 @@ class ClassificationTask(BaseTask):
 
         def flush() -> Iterator[dict]:
             if batch:
-                logits = net(self._fmt(torch.stack(batch).to(self.device))).float().cpu()
-                probs = torch.sigmoid(logits) if self.multilabel else logits.softmax(-1)
+                x = torch.stack(batch).to(self.device)
+                if tta:
+                    probs = dihedral_tta(lambda t: net(self._fmt(t)), x, self.multilabel).float().cpu()
+                else:
+                    logits = net(self._fmt(x)).float().cpu()
+                    probs = torch.sigmoid(logits) if self.multilabel else logits.softmax(-1)
+                thr = score_thr if score_thr is not None else (0.5 if self.multilabel else None)
                 for meta, p in zip(metas, probs):
                     v, i = p.topk(min(top_k, len(self.classes)))
-                    meta.update(top=[(self.classes[j], float(q)) for q, j in zip(v, i)], probs=p.tolist())
+                    chosen = ([c for c, q in zip(self.classes, p.tolist()) if q >= thr] if thr is not None
+                              else [self.classes[int(p.argmax())]])
+                    meta.update(top=[(self.classes[j], float(q)) for q, j in zip(v, i)], labels=chosen,
+                                probs=p.tolist())
                     yield meta
             batch.clear()
             metas.clear()

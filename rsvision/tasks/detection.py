@@ -301,14 +301,17 @@ class DetectionTask(BaseTask):
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, window: int | None = None,
                 overlap: int | None = None, scales: Sequence[float] | None = None, nms_iou: float | None = None,
                 score_thr: float = 0.0, batch_size: int = 2, png: bool = True, geojson: bool = True,
-                task1: bool = True, progress: bool = False, exist_ok: bool = False, fast: bool = True
-                ) -> Iterator[dict]:
+                task1: bool = True, progress: bool = False, exist_ok: bool = False, fast: bool = True,
+                classes: Sequence[str] | None = None, max_det: int | None = None, labels: bool = True,
+                rgb: Sequence[int] | None = None) -> Iterator[dict]:
         """Yield ``{"input", "detections" (SceneDetections), "files", "counts"}`` per scene (files,
         folders, globs, or arrays), writing a PNG and GeoJSON (georeferenced rasters) per scene into
         ``out`` and, once every scene is done, the run's ``Task1_<class>.txt`` files (one per class).
 
         ``out`` must be new or empty unless ``exist_ok`` (:mod:`rsvision.outputs`); outputs of two
-        inputs never share a name. ``fast``: the optimised inference copy of LSKNet / HAKSNet backbones."""
+        inputs never share a name. ``fast``: the optimised inference copy of LSKNet / HAKSNet backbones.
+        ``score_thr``, ``classes`` (names) and ``max_det`` (per scene, best first) filter every output
+        alike; ``labels`` tags drawn boxes with class and score; ``rgb``: 0-based bands drawn as RGB."""
         from rsvision.data.dota.labels import write_task1
         from rsvision.data.raster import expand_inputs
         from rsvision.data.sources import open_source
@@ -321,29 +324,33 @@ class DetectionTask(BaseTask):
         arrays = [x for x in inputs if not isinstance(x, (str, Path))]
         files = expand_inputs([x for x in inputs if isinstance(x, (str, Path))]) if len(arrays) < len(inputs) else []
         stems = [f"scene{i}" for i in range(len(arrays))] + unique_stems(files)
-        classes = self.classes
+        names = self.classes
+        if classes is not None and not set(classes) <= set(names):
+            raise ConfigError(f"--classes: unknown class(es) {', '.join(sorted(set(classes) - set(names)))}; "
+                              f"the model's classes are {', '.join(names)}")
         e = self.eval_cfg
         for f in files:  # every input checked (readable, within budget, bands) before any work
             with open_source(f) as src:  # all non-alpha bands, as predict_scene reads them
                 if src.count != len(self.hparams.mean):
                     raise BandMismatchError(f"raster has {src.count} bands, the model expects "
                                             f"{len(self.hparams.mean)} (checkpoint bands)", path=f)
-        dets: dict[str, list] = {c: [] for c in classes}
+        dets: dict[str, list] = {c: [] for c in names}
         model = self.inference_model(fast)
         with claim_dir(out or "predictions", exist_ok) as out:
             for f, stem in zip([*arrays, *files], stems):
-                det = predict_scene(model, f, self.hparams.mean, self.hparams.std, classes, w, o, batch_size,
+                det = predict_scene(model, f, self.hparams.mean, self.hparams.std, names, w, o, batch_size,
                                     list(scales or e.scales), e.nms_iou if nms_iou is None else nms_iou, score_thr,
                                     progress=progress, train_dtype=self.hparams.get("dtype"))
+                det = det.filtered(score_thr, classes, max_det)
                 written = write_scene_outputs(det, out, stem, source=f, task1=False, png=png, geojson=geojson,
-                                              draw_thr=max(score_thr, 0.3))
+                                              bands=rgb, labels=labels)
                 for poly, score, label in zip(det.polys().numpy(), det.scores.tolist(), det.labels.tolist()):
-                    dets[classes[label]].append((stem, score, poly))
-                counts = {c: int((det.labels == j).sum()) for j, c in enumerate(classes)}
+                    dets[names[label]].append((stem, score, poly))
+                counts = {c: int((det.labels == j).sum()) for j, c in enumerate(names)}
                 yield {"input": str(f) if isinstance(f, (str, Path)) else stem, "detections": det,
                        "files": {k: str(v) for k, v in written.items()}, "counts": counts}
             if task1:
-                write_task1(out, dets, classes)
+                write_task1(out, dets, names)
 
     def evaluate(self, data: Any, ann_dir: str | Path | None = None, dets: str | Path | None = None,
                  iou_thr: float | None = None, metric: str | None = None, exist_ok: bool = False,

@@ -15,6 +15,7 @@ polygons in the raster's CRS.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rsvision.data.tiling import Window, batched, prefetch, sliding_windows
-from rsvision.errors import BandMismatchError
+from rsvision.errors import BandMismatchError, ConfigError
 from rsvision.runtime import kept_memory
 
 __all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview"]
@@ -51,6 +52,25 @@ class SceneDetections:
         from rsvision.ops import obb2poly
 
         return obb2poly(self.boxes.double(), "le90")
+
+    def filtered(self, score_thr: float = 0.0, classes: Sequence[str] | None = None,
+                 max_det: int | None = None) -> "SceneDetections":
+        """The detections scoring >= ``score_thr`` of the named ``classes`` (None: all), best ``max_det``
+        first; what every output of ``predict`` (Task1, GeoJSON, PNG) then holds."""
+        keep = self.scores >= score_thr
+        if classes is not None:
+            unknown = sorted(set(classes) - set(self.class_names))
+            if unknown:
+                raise ConfigError(f"--classes: unknown class(es) {', '.join(unknown)}; the model's classes are "
+                                  f"{', '.join(self.class_names)}")
+            wanted = torch.tensor([c in set(classes) for c in self.class_names], dtype=torch.bool)
+            keep &= wanted[self.labels] if len(self.labels) else keep
+        idx = keep.nonzero().flatten()
+        idx = idx[torch.argsort(self.scores[idx], descending=True, stable=True)]
+        if max_det is not None:
+            idx = idx[: int(max_det)]
+        idx = idx.sort().values  # the merge order, so files differ only by what was dropped
+        return dataclasses.replace(self, boxes=self.boxes[idx], scores=self.scores[idx], labels=self.labels[idx])
 
 
 def _open(source: Any, bands: Sequence[int] | None, fill: Sequence[float] | None = None,
@@ -134,9 +154,9 @@ def predict_scene(
     total = len(jobs)
     bar = None
     if progress is True:
-        from rich.progress import Progress
+        from rsvision.progress import progress as progress_display
 
-        bar = Progress(transient=True)
+        bar = progress_display()
         bar.start()
         task = bar.add_task("detecting", total=total)
     all_b, all_s, all_l = [], [], []
@@ -246,11 +266,13 @@ def read_overview(source: Any, max_side: int = 4096, bands: Sequence[int] | None
 def write_scene_outputs(det: SceneDetections, out_dir: str | Path, name: str | None = None,
                         source: Any = None, task1: bool = True, png: bool = True, geojson: bool = True,
                         png_max_side: int = 4096, bands: Sequence[int] | None = None,
-                        draw_thr: float = 0.3) -> dict[str, Path]:
+                        draw_thr: float = 0.0, labels: bool = True) -> dict[str, Path]:
     """Write Task1 files (``Task1_<class>.txt``, appended), ``<name>.png`` and ``<name>.geojson``.
 
     GeoJSON is written only for georeferenced rasters (a CRS or a non-identity transform). Task1
-    and GeoJSON hold every detection (with scores); the PNG only those scoring >= ``draw_thr``.
+    and GeoJSON hold every detection of ``det`` (with scores), the PNG those scoring >= ``draw_thr``
+    (filter ``det`` first with :meth:`SceneDetections.filtered` to apply thresholds to every output),
+    each box tagged with its class (``labels``) and score. ``bands``: 0-based bands shown as RGB.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +290,7 @@ def write_scene_outputs(det: SceneDetections, out_dir: str | Path, name: str | N
         img, scale = read_overview(source if source is not None else det.path, png_max_side, bands)
         k = det.scores >= draw_thr
         written["png"] = save_drawn(out / f"{name}.png", img, det.boxes[k], det.labels[k], det.scores[k], det.class_names,
-                                    scale=scale, show_scores=scale >= 0.5, width=2 if scale >= 0.5 else 1)
+                                    scale=scale, show_labels=labels, show_scores=labels, width=2 if scale >= 0.5 else 1)
     if geojson and det.transform is not None:
         from rsvision.geo.writers import write_geojson
 

@@ -68,12 +68,14 @@ class SegmentationTask(DenseTask):
         return cls.task_data(cfg, enc.classes, enc.palette, mean, std, extra={"mask": enc.as_dict()},
                              dtype=_first_dtype(dm))
 
-    def eval_dataset(self, root: Any, mask: Any = None, images: str = "images",
-                     masks: str = "masks") -> SegmentationDataset:
+    def eval_dataset(self, root: Any, mask: Any = None, images: str = "images", masks: str = "masks",
+                     split: str | None = None, split_file: str | Path | None = None) -> SegmentationDataset:
         """Whole-image dataset under ``root`` (folder or list) decoded with the checkpoint's mask encoding.
 
         ``mask`` (a preset name or encoding dict) overrides the stored encoding, e.g. to evaluate a
-        LoveDA-trained model on tiles saved with another encoding of the same classes.
+        LoveDA-trained model on tiles saved with another encoding of the same classes. ``split``
+        (train | val) keeps that split of the run's ``splits.json`` (or ``split_file``): its files, or
+        for a spatial split its rows / columns.
         """
         stored = (self.hparams.get("extra") or {}).get("mask")
         enc = get_encoding(mask if mask is not None else stored, None if mask is not None else self.classes,
@@ -81,7 +83,17 @@ class SegmentationTask(DenseTask):
         if enc.classes != self.classes:
             raise ConfigError(f"mask encoding has classes {enc.classes}, the checkpoint {self.classes}")
         pairs = [p for r in as_list(root) for p in find_pairs(r, images, masks)]
-        return SegmentationDataset(pairs, enc, None, False, self.hparams.get("bands"), cache=False)
+        region = None
+        if split is not None:
+            from rsvision.data.splits import find_split_file, keep_split, read_splits
+
+            path = find_split_file(getattr(self, "checkpoint_path", None), split_file)
+            rec = read_splits(path)
+            pairs = keep_split(pairs, lambda p: p[0], rec, split, path)
+            if rec["mode"] == "spatial":
+                cut = 1 - float(rec["val_fraction"])
+                region = (int(rec["axis"]), 0.0, cut) if split == "train" else (int(rec["axis"]), cut, 1.0)
+        return SegmentationDataset(pairs, enc, None, False, self.hparams.get("bands"), cache=False, region=region)
 
     def items_from_inputs(self, inputs: Sequence[Any]) -> list[Path]:
         from rsvision.data.raster import expand_inputs

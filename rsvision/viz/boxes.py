@@ -23,6 +23,18 @@ def class_colors(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def label_font(image_side: int, size: int | None = None):
+    """A scalable font sized for the picture: about 1/55 of its shorter side, 12..32 px (Pillow's own
+    bundled font, so no system font is needed)."""
+    from PIL import ImageFont
+
+    px = size or int(min(32, max(12, round(image_side / 55))))
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
 def draw_rotated_boxes(
     image: np.ndarray,
     boxes: torch.Tensor | np.ndarray,
@@ -33,10 +45,14 @@ def draw_rotated_boxes(
     width: int = 2,
     show_scores: bool = True,
     legend: bool = True,
+    show_labels: bool = True,
+    font_size: int | None = None,
 ) -> np.ndarray:
     """Draw le90 boxes ``(N, 5)`` on an ``(H, W, 3)`` (or ``(H, W)``) uint8 image; returns a new RGB array.
 
-    ``scale`` multiplies box coordinates (the image is assumed already scaled by it).
+    Each box carries its class name and score (``show_labels`` / ``show_scores``) on a filled tag in
+    the class colour, sized to the picture so it stays legible; ``legend`` adds a corner key of the
+    classes present. ``scale`` multiplies box coordinates (the image is assumed already scaled by it).
     """
     from PIL import Image, ImageDraw
 
@@ -51,6 +67,7 @@ def draw_rotated_boxes(
         img = np.clip(img, 0, 255).astype(np.uint8)
     pil = Image.fromarray(np.ascontiguousarray(img)).convert("RGB")
     draw = ImageDraw.Draw(pil)
+    font = label_font(min(pil.size), font_size)
     b = torch.as_tensor(np.asarray(boxes) if not isinstance(boxes, torch.Tensor) else boxes, dtype=torch.float64)
     b = b.reshape(-1, 5)
     n = len(b)
@@ -58,24 +75,41 @@ def draw_rotated_boxes(
     scores_l = [float(v) for v in scores] if scores is not None else None
     ncls = max(len(class_names) if class_names else 0, (max(labels_l) + 1) if labels_l else 1)
     colors = class_colors(ncls)
+
+    def name_of(c: int) -> str:
+        return class_names[c] if class_names and c < len(class_names) else str(c)
+
     if n:
         polys = (obb2poly(b, "le90") * scale).numpy()
-        for i in range(n):
+        order = np.argsort([scores_l[i] for i in range(n)]) if scores_l is not None else range(n)
+        for i in order:  # best boxes last, so their tags are on top
             pts = [(float(polys[i, 2 * k]), float(polys[i, 2 * k + 1])) for k in range(4)]
             col = colors[labels_l[i]]
             draw.line(pts + [pts[0]], fill=col, width=width)
             # mark the box's "front" edge (between vertices 2 and 3) with a thicker line
             draw.line([pts[1], pts[2]], fill=col, width=width + 1)
-            if show_scores and scores_l is not None:
-                draw.text((pts[0][0] + 1, pts[0][1] - 11), f"{scores_l[i]:.2f}", fill=col)
-    if legend and class_names:
-        present = sorted(set(labels_l)) if labels_l else []
+            parts = ([name_of(labels_l[i])] if show_labels else []) + (
+                [f"{scores_l[i]:.2f}"] if show_scores and scores_l is not None else [])
+            if parts:
+                text = " ".join(parts)
+                x0, y0 = min(p[0] for p in pts), min(p[1] for p in pts)
+                l, t, r, btm = draw.textbbox((0, 0), text, font=font)
+                tw, th = r - l + 4, btm - t + 4
+                x0 = float(np.clip(x0, 0, max(pil.width - tw, 0)))
+                y0 = float(np.clip(y0 - th, 0, max(pil.height - th, 0)))
+                draw.rectangle([x0, y0, x0 + tw, y0 + th], fill=col)
+                dark = sum(col) > 382  # black text on light tags, white on dark
+                draw.text((x0 + 2 - l, y0 + 2 - t), text, fill=(0, 0, 0) if dark else (255, 255, 255), font=font)
+    if legend and (class_names or labels_l):
+        present = sorted(set(labels_l))
+        _, t, _, btm = draw.textbbox((0, 0), "Ag", font=font)
+        step = btm - t + 6
         y = 4
         for c in present:
-            name = class_names[c] if c < len(class_names) else str(c)
-            draw.rectangle([4, y, 14, y + 10], fill=colors[c])
-            draw.text((18, y - 1), name, fill=(255, 255, 255))
-            y += 14
+            draw.rectangle([4, y, 4 + step - 4, y + step - 4], fill=colors[c], outline=(0, 0, 0))
+            draw.text((8 + step, y - t), name_of(c), fill=(255, 255, 255), font=font, stroke_width=2,
+                      stroke_fill=(0, 0, 0))
+            y += step
     return np.asarray(pil)
 
 
