@@ -181,19 +181,31 @@ def eval_(
     version: Annotated[Optional[str], typer.Option("--version", help="Class list: dota1.0 | dota1.5 | dota2.0 | "
                                                    "dior (default: the smallest that fits the data).")] = None,
     json_out: JsonOpt = None,
+    all_images: Annotated[bool, typer.Option(
+        "--all-images", help="Score every label file in --ann-dir (default: only the images the detections name).")] = False,
 ) -> None:
     """Evaluate Task1 detections exactly like the official DOTA devkit (task 1, oriented boxes).
 
     A ground-truth class outside the class list is an error naming the label file and line. mAP averages
-    the classes that have ground truth; the others have AP null ("-").
+    the classes that have ground truth; the others have AP null ("-"). By default only the images named in
+    the detections are scored (an image with no detection at all is then not counted: pass --all-images
+    to score the whole --ann-dir, as the DOTA server does with its test set).
     """
     from rsvision.data.dota import evaluate
+    from rsvision.data.dota.labels import read_task1_dir
 
     if metric not in ("voc07", "voc12"):
         raise ConfigError(f"--metric must be voc07 or voc12, got {metric!r}")
     classes = _class_list(version) if version else None
     check_writable_file(json_out, "--json")
-    res = evaluate(dets, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric, strict_classes=True)
+    images = None
+    if not all_images:
+        images = sorted({d.image for rows in read_task1_dir(dets, classes).values() for d in rows})
+        n_ann = sum(1 for _ in Path(ann_dir).glob("*.txt")) if Path(ann_dir).is_dir() else 0
+        console.print(f"scoring the {len(images)} image(s) named in the detections (of {n_ann} label files; "
+                      "--all-images for all)")
+    res = evaluate(dets, ann_dir, classes=classes, iou_thr=iou_thr, metric=metric, strict_classes=True,
+                   images=images)
     t = Table(title=f"DOTA task 1 ({metric}, IoU > {iou_thr})")
     t.add_column("class")
     t.add_column("num_gt", justify="right")

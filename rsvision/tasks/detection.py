@@ -354,10 +354,13 @@ class DetectionTask(BaseTask):
 
     def evaluate(self, data: Any, ann_dir: str | Path | None = None, dets: str | Path | None = None,
                  iou_thr: float | None = None, metric: str | None = None, exist_ok: bool = False,
-                 **predict_options: Any) -> dict:
+                 split: str | None = None, split_file: str | Path | None = None, **predict_options: Any) -> dict:
         """Detect on every full image of ``data`` (a folder with ``images/`` + ``labelTxt/``, or an image
         folder with ``ann_dir``), merge per image, score with the DOTA evaluator (like the DOTA server):
-        the CONVENTIONS detect dict. ``dets`` keeps the merged Task1 files (default: a temp folder)."""
+        the CONVENTIONS detect dict. ``dets`` keeps the merged Task1 files (default: a temp folder).
+        ``split`` (train | val): only the images of that split of the run's ``splits.json`` (full images
+        match the patches cut from them, ``P0001__1024__0___0`` -> ``P0001``). The evaluator scores only
+        the evaluated images' label files, not every file in the annotation folder."""
         from rsvision.data.detection import find_ann_dir
         from rsvision.data.dota.evaluate import evaluate
         from rsvision.data.raster import is_image_file
@@ -371,9 +374,21 @@ class DetectionTask(BaseTask):
             raise ConfigError("detect eval needs annotations: --data DIR with images/ and labelTxt/, or --ann-dir",
                               path=data)
         images = sorted(p for p in img_dir.iterdir() if is_image_file(p))
+        if split is not None:
+            from rsvision.data.splits import find_split_file, read_splits
+
+            path = find_split_file(getattr(self, "checkpoint_path", None), split_file)
+            rec = read_splits(path)
+            if split not in ("train", "val"):
+                raise ConfigError(f"--split must be train or val, got {split!r}")
+            stems = {Path(p).stem.split("__")[0] for p in rec.get(split) or []}
+            images = [p for p in images if p.stem in stems]
+            if not images:
+                raise DataError(f"no image of the {split!r} split of {path} is in {img_dir}", path=img_dir)
         e = self.eval_cfg
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(dets) if dets is not None else Path(tmp) / "dets"
             for _ in self.predict(images, out, png=False, geojson=False, exist_ok=exist_ok, **predict_options):
                 pass
-            return evaluate(out, ann_dir, classes=self.classes, iou_thr=iou_thr or e.iou_thr, metric=metric or e.metric)
+            return evaluate(out, ann_dir, classes=self.classes, iou_thr=iou_thr or e.iou_thr, metric=metric or e.metric,
+                            images=[p.stem for p in images])

@@ -260,8 +260,12 @@ def evaluate(
     iou_thr: float = 0.5,
     metric: str = "voc07",
     strict_classes: bool = False,
+    images: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate ``Task1_<class>.txt`` files against a labelTxt folder -> detect metric JSON dict.
+
+    ``images``: score only these image names' ground truth (None: every label file in ``ann_dir``).
+    A name with no label file is a :class:`DataError`: its objects would silently count as none.
 
     ``classes=None`` picks the smallest known class list (DOTA v1.0, v1.5, v2.0, DIOR-R) that holds every
     class seen in the ground truth and the detections (else the one holding the ground-truth classes); a
@@ -271,6 +275,11 @@ def evaluate(
     """
     _check_metric(metric, iou_thr)
     gts = load_ground_truth(ann_dir, classes if strict_classes else None)
+    if images is not None:
+        missing = sorted(set(images) - set(gts))
+        if missing:
+            raise DataError(f"{len(missing)} evaluated image(s) have no label file, e.g. {missing[:3]}", path=ann_dir)
+        gts = {k: v for k, v in gts.items() if k in set(images)}
     dets = read_task1_dir(dets_dir, classes)  # with a class list, only its files are read
     gt_names = {c for g in gts.values() for c in g["classes"]}
     if classes is None:
