@@ -262,3 +262,35 @@ def test_overlay_rgb_bands(trained, tmp_path):
     for bad in ("4,3,2", "1,2"):
         r = CliRunner().invoke(app, ["segment", "predict", "--checkpoint", ck, str(src), "--out", str(tmp_path / "x"), "--rgb", bad])
         assert r.exit_code != 0 and "--rgb" in r.output
+
+
+def test_train_writes_splits_and_eval_split_scores_only_that_split(trained, tmp_path):
+    """``splits.json`` lists the 12 images as 9 train + 3 val (val_fraction 0.25); ``eval --split val``
+    scores exactly those 3 (checked against an eval over a folder holding only them)."""
+    import shutil
+
+    from rsvision.cli import app
+    from rsvision.tasks import evaluate, load_task
+
+    d, data = trained
+    rec = json.loads((d / "run" / "splits.json").read_text())
+    assert rec["mode"] == "files" and len(rec["train"]) == 9 and len(rec["val"]) == 3
+    assert not set(rec["train"]) & set(rec["val"])
+    task = load_task(d / "run" / "best.ckpt")
+    ds = task.eval_dataset(data, split="val")
+    assert sorted(str(p.resolve()) for p, _ in ds.pairs) == sorted(rec["val"])
+    only = tmp_path / "val_only"
+    for sub in ("images", "masks"):
+        (only / sub).mkdir(parents=True)
+    for p, m in ds.pairs:
+        shutil.copy(p, only / "images" / p.name)
+        shutil.copy(m, only / "masks" / m.name)
+    r = CliRunner().invoke(app, ["segment", "eval", "--checkpoint", str(d / "run" / "best.ckpt"), "--data",
+                                 str(data), "--split", "val", "--json", str(tmp_path / "val.json")])
+    assert r.exit_code == 0, r.output
+    m_split = json.loads((tmp_path / "val.json").read_text())
+    m_only = evaluate(task, task.eval_dataset(only))
+    assert m_split["split"] == "val" and m_split["mIoU"] == pytest.approx(m_only["mIoU"], abs=1e-12)
+    r = CliRunner().invoke(app, ["segment", "eval", "--checkpoint", str(d / "run" / "best.ckpt"), "--data",
+                                 str(only), "--split", "train"])
+    assert r.exit_code != 0 and "no input of the 'train' split" in str(r.exception)
