@@ -277,7 +277,9 @@ def test_a_second_command_into_a_locked_folder_stops(ckpts, inputs, tmp_path):
 def _cli(*args, wait_for: Path | None = None) -> list[str]:
     """``rsvision ARGS`` in a fresh interpreter; with ``wait_for``, imported first and started only
     once that file exists (so two processes really overlap, whatever the import time)."""
-    wait = f"import time, pathlib\nwhile not pathlib.Path({str(wait_for)!r}).exists(): time.sleep(0.01)\n" if wait_for else ""
+    # the CLI imports the task layer lazily: import it before waiting, or the first run can finish first
+    wait = ("import time, pathlib, rsvision.tasks, rsvision.tasks.segmentation, rsvision.tasks.change\n"
+            f"while not pathlib.Path({str(wait_for)!r}).exists(): time.sleep(0.01)\n") if wait_for else ""
     code = f"import sys\nfrom rsvision.cli import main\n{wait}main(sys.argv[1:])\n"
     return [sys.executable, "-c", code, *[str(a) for a in args]]
 

@@ -8,7 +8,7 @@ from rsvision.cli._common import (
     PREDICT_OUT, CheckpointOpt, DeviceOpt, EvalDataOpt, ExistOkOpt, FastOpt, InputsArg, JsonOpt, PredictOutOpt,
     RgbOpt, SplitFileOpt, SplitOpt, TtaOpt, train_command,
 )
-from rsvision.cli.segment import OverlapOpt, WindowOpt, run_eval, run_predict
+from rsvision.cli.segment import OverlapOpt, VectorOpt, WindowOpt, run_eval, run_predict
 
 app = typer.Typer(help="Change detection on image pairs: train, evaluate, predict (PNG overlay + GeoTIFF).",
                   no_args_is_help=True)
@@ -30,9 +30,11 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
-            exist_ok: ExistOkOpt = False, fast: FastOpt = True) -> None:
-    """Change maps of pairs: INPUTS are A B [A B ...] files or folders with A/ and B/ (or a scene folder)."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change", exist_ok, fast)
+            exist_ok: ExistOkOpt = False, fast: FastOpt = True, vector: VectorOpt = None) -> None:
+    """Change maps of pairs: INPUTS are A B [A B ...] files or folders with A/ and B/ (or a scene folder).
+
+    Writes the change mask, an overlay and an A | B | prediction PNG, and with --vector the changed regions."""
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change", exist_ok, fast, vector)
 
 
 def register(root: typer.Typer) -> None:

@@ -29,9 +29,13 @@ def print_dense_metrics(m: dict, json_path: Path | None, title: str) -> None:
         console.print(f"metrics written to [bold]{write_json(m, json_path)}[/]")
 
 
+VectorOpt = Annotated[Optional[str], typer.Option(
+    "--vector", help="Also write the mask as polygons with class names: geojson | gpkg (in the raster's CRS).")]
+
+
 def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool | None, window: int | None,
                 overlap: int | None, device: str | None, rgb: str | None, task_name: str, exist_ok: bool,
-                fast: bool = True) -> None:
+                fast: bool = True, vector: str | None = None) -> None:
     """Shared body of ``segment predict`` / ``change predict``: predict, then a table of outputs."""
     from rsvision.errors import ConfigError
     from rsvision.tasks import load_task, predict
@@ -49,7 +53,7 @@ def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool
             return lambda i, n: bar.update(job, completed=i, total=n)
 
         for r in predict(task, inputs, out, tta=tta, window=window, overlap=overlap, rgb=bands, progress=track,
-                         exist_ok=exist_ok, fast=fast):
+                         exist_ok=exist_ok, fast=fast, vector=vector):
             frac = ", ".join(f"{c} {v:.1%}" for c, v in r["fraction"].items() if v > 0)
             t.add_row(r["input"], "\n".join(r["files"].values()), frac)
     console.print(t)
@@ -93,9 +97,10 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
-            exist_ok: ExistOkOpt = False, fast: FastOpt = True) -> None:
-    """Segment images / rasters of any size: colour overlay PNG, and a GeoTIFF mask for georeferenced input."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment", exist_ok, fast)
+            exist_ok: ExistOkOpt = False, fast: FastOpt = True, vector: VectorOpt = None) -> None:
+    """Segment images / rasters of any size: a GeoTIFF mask (georeferenced input) or palette PNG mask, an
+    overlay PNG with a legend, and with --vector the polygons."""
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment", exist_ok, fast, vector)
 
 
 def register(root: typer.Typer) -> None:

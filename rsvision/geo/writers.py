@@ -16,7 +16,8 @@ import numpy as np
 
 from rsvision.errors import DataError
 
-__all__ = ["MaskWriter", "write_mask_geotiff", "write_geojson", "pixel_to_crs", "crs_member"]
+__all__ = ["MaskWriter", "write_mask_geotiff", "write_geojson", "pixel_to_crs", "crs_member", "class_tags",
+           "write_mask_vectors", "VECTOR_FORMATS"]
 
 
 def _palette_to_colormap(palette: Sequence[Sequence[int]] | np.ndarray | None) -> dict[int, tuple[int, int, int, int]] | None:
@@ -207,6 +208,55 @@ def write_geojson(
     with atomic_write(path) as f:
         f.write(json.dumps(fc))
     return path
+
+
+def class_tags(classes: Sequence[str], palette: Sequence[Sequence[int]] | None = None) -> dict[str, str]:
+    """GeoTIFF metadata naming what each mask value means (QGIS / gdalinfo show them):
+    ``CLASSES`` (JSON list), ``CLASS_<i>`` per value and ``PALETTE`` (JSON ``[[r, g, b], ...]``)."""
+    tags = {"CLASSES": json.dumps(list(classes)), **{f"CLASS_{i}": str(c) for i, c in enumerate(classes)}}
+    if palette is not None:
+        tags["PALETTE"] = json.dumps([[int(v) for v in c[:3]] for c in palette])
+    return tags
+
+
+#: ``--vector`` choices -> OGR driver and file suffix.
+VECTOR_FORMATS = {"geojson": ("GeoJSON", ".geojson"), "gpkg": ("GPKG", ".gpkg")}
+
+
+def write_mask_vectors(mask: np.ndarray | str | Path, classes: Sequence[str], path: str | Path, fmt: str = "geojson",
+                       transform: Any = None, crs: Any = None, nodata: int = 255,
+                       skip: Sequence[int] = ()) -> Path:
+    """Polygons of a class mask: one feature per connected region (``class`` name, ``class_id``,
+    ``area`` in CRS units or pixels), in the raster's CRS (``transform`` / ``crs``; a mask GeoTIFF
+    path supplies both). ``skip``: class indices not vectorised (e.g. "unchanged")."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio import features
+    from shapely.geometry import shape
+
+    if fmt not in VECTOR_FORMATS:
+        raise ValueError(f"vector format must be one of {', '.join(VECTOR_FORMATS)}, got {fmt!r}")
+    if isinstance(mask, (str, Path)):
+        with rasterio.open(mask) as ds:
+            arr, transform, crs = ds.read(1), ds.transform, ds.crs
+    else:
+        arr = np.asarray(mask, np.uint8)
+    if transform is None:
+        transform = rasterio.Affine.identity()
+    keep = (arr != nodata) & ~np.isin(arr, list(skip))
+    rows = [(shape(g), int(v)) for g, v in features.shapes(arr, mask=keep, transform=transform, connectivity=8)]
+    gdf = gpd.GeoDataFrame({"class": [classes[v] if v < len(classes) else str(v) for _, v in rows],
+                            "class_id": [v for _, v in rows], "geometry": [g for g, _ in rows]},
+                           geometry="geometry", crs=crs if crs else None)
+    gdf["area"] = gdf.geometry.area
+    from rsvision.outputs import atomic_path
+
+    path = Path(path)
+    driver, suffix = VECTOR_FORMATS[fmt]
+    with atomic_path(path.with_suffix(suffix)) as tmp:
+        tmp.unlink()  # OGR creates the file itself (an empty GeoPackage is not a GeoPackage)
+        gdf.to_file(tmp, driver=driver, **({"layer": "mask"} if fmt == "gpkg" else {}))
+    return path.with_suffix(suffix)
 
 
 def _jsonable(d: dict) -> dict:

@@ -28,7 +28,7 @@ from rsvision.errors import BandMismatchError, ConfigError, DataError
 from rsvision.tasks.base import BaseTask
 from rsvision.tasks.common import to_plain
 from rsvision.tasks.sliding import iter_blended_strips, sliding_window_inference
-from rsvision.viz.masks import colorize, default_palette, overlay
+from rsvision.viz.masks import default_palette, overlay
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,9 @@ class DenseTask(BaseTask):
 
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, tta: bool | None = None,
                 window: int | None = None, overlap: int | None = None, rgb: Sequence[int] | None = None,
-                progress=None, exist_ok: bool = False, fast: bool = True):
-        """Yield ``{"input", "files", "fraction"}`` per input; masks / PNGs written into ``out``.
+                progress=None, exist_ok: bool = False, fast: bool = True, vector: str | None = None):
+        """Yield ``{"input", "files", "fraction"}`` per input; masks / PNGs written into ``out``
+        (:func:`write_prediction`; ``vector``: geojson | gpkg polygons of the mask).
 
         Inputs of any size are read lazily, window by window. ``rgb``: 0-based input bands shown as
         red, green, blue in the overlay. ``progress(name) -> callback(done, total)`` for progress bars.
@@ -251,6 +252,10 @@ class DenseTask(BaseTask):
         if size < 1 or not 0 <= gap < size:
             raise ConfigError(f"--window must be >= 1 and 0 <= --overlap < --window, got {size} / {gap}")
         tta, bs = self._sliding(tta)
+        from rsvision.geo.writers import VECTOR_FORMATS
+
+        if vector is not None and vector not in VECTOR_FORMATS:
+            raise ConfigError(f"--vector must be one of {', '.join(VECTOR_FORMATS)}, got {vector!r}")
         items = self.items_from_inputs(inputs)
         stems = unique_stems([self.item_path(it) for it in items], [self.item_name(it) for it in items])
         for item in items:  # every input checked (readable, within budget, bands) before any work
@@ -264,7 +269,7 @@ class DenseTask(BaseTask):
                     stats: dict = {}
                     strips = iter_blended_strips(fn, source, size, gap, len(self.classes), batch_size=bs, tta=tta,
                                                  device=self.device, progress=cb, stats=stats)
-                    files = write_prediction(self, strips, source, out, stem, _overview(source), rgb)
+                    files = write_prediction(self, strips, source, out, stem, _overview(source), rgb, vector)
                 finally:
                     source.close()
                 fraction = files.pop("fraction")
@@ -308,15 +313,19 @@ def _overview(source, max_side: int = 2048) -> np.ndarray:
 
 
 def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, image_for_overlay,
-                     rgb: Sequence[int] | None = None) -> dict:
-    """Consume ``(y0, probs)`` strips: GeoTIFF mask (georeferenced input), index PNG, colour overlay PNG.
+                     rgb: Sequence[int] | None = None, vector: str | None = None) -> dict:
+    """Consume ``(y0, probs)`` strips and write the outputs of one input.
 
-    ``rgb``: 0-based input bands shown as red, green, blue in the overlay (default the first three)."""
+    GeoTIFF mask (georeferenced input; class names and colours in its tags and colour table) or a
+    palette PNG mask (plain images: pixel values are class indices, viewers show colours); an overlay
+    PNG with a legend; for a pair (change) an A | B | prediction PNG; ``vector`` (geojson | gpkg):
+    polygons of the classes, named, in the raster's CRS. ``rgb``: 0-based input bands drawn as RGB."""
     from PIL import Image
 
     from rsvision.data.tiling import Window
-    from rsvision.geo.writers import MaskWriter
+    from rsvision.geo.writers import MaskWriter, class_tags, write_mask_vectors
     from rsvision.outputs import atomic_path
+    from rsvision.viz.masks import save_palette_png, side_by_side, stretch, with_legend
 
     out.mkdir(parents=True, exist_ok=True)
     H, W = source.height, source.width
@@ -326,7 +335,7 @@ def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, imag
     labels = np.empty((H, W), np.uint8) if not georef else None  # full labels only for the PNG mask
     small_rows, counts = [], np.zeros(k, np.int64)
     writer = MaskWriter(out / f"{stem}_mask.tif", H, W, source.transform, source.crs, nodata=255,
-                        palette=task.palette) if georef else None
+                        palette=task.palette, tags=class_tags(task.classes, task.palette)) if georef else None
     done = False
     try:
         for y0, probs in strips:
@@ -345,17 +354,31 @@ def write_prediction(task: DenseTask, strips, source, out: Path, stem: str, imag
         if writer is not None:
             writer.close(commit=done)
     small = np.concatenate(small_rows, 0)
-    files = {}
-    pictures = {"overlay": overlay(image_for_overlay, small, task.palette, rgb=rgb), "color": colorize(small, task.palette)}
+    files: dict = {}
     if writer is not None:
         files["geotiff"] = str(writer.path)
     else:
-        pictures = {"mask": labels, **pictures}
+        path = out / f"{stem}_mask.png"
+        with atomic_path(path) as tmp:
+            save_palette_png(tmp, labels, task.palette)
+        files["mask"] = str(path)
+    present = [i for i in range(k) if counts[i]]
+    over = overlay(image_for_overlay, small, task.palette, rgb=rgb)
+    pictures = {"overlay": with_legend(over, task.classes, task.palette, present)}
+    if hasattr(source, "a"):  # a pair: date A | date B | prediction over B
+        a_img = stretch(_overview(source.a), rgb)
+        pictures["compare"] = with_legend(side_by_side([a_img, stretch(image_for_overlay, rgb), over],
+                                                       ["A", "B", "prediction"]), task.classes, task.palette, present)
     for kind, arr in pictures.items():
         path = out / f"{stem}_{kind}.png"
         with atomic_path(path) as tmp:
             Image.fromarray(arr).save(tmp)
-        if kind != "color":
-            files[kind] = str(path)
+        files[kind] = str(path)
+    if vector is not None:
+        skip = [0] if task.name == "change" else []  # change maps: the changed regions, not the unchanged rest
+        src = writer.path if writer is not None else labels
+        files["vector"] = str(write_mask_vectors(src, task.classes, out / f"{stem}_mask", vector,
+                                                 source.transform if writer is None else None,
+                                                 source.crs if writer is None else None, skip=skip))
     files["fraction"] = {c: float(n) / max(1, counts.sum()) for c, n in zip(task.classes, counts)}
     return files

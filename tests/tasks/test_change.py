@@ -91,12 +91,25 @@ def test_predict_pair_outputs(trained, tmp_path):
             ds.write(arr)
     out = tmp_path / "pred"
     r = CliRunner().invoke(app, ["change", "predict", "--checkpoint", str(trained / "run" / "best.ckpt"),
-                                 str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--out", str(out)])
+                                 str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--out", str(out),
+                                 "--vector", "gpkg"])
     assert r.exit_code == 0, r.output
     with rasterio.open(out / "b_mask.tif") as m:
         assert m.crs.to_epsg() == 32650 and m.transform == tr
-        assert set(np.unique(m.read(1))) <= {0, 1}
+        mask = m.read(1)
+        assert set(np.unique(mask)) <= {0, 1}
+        tags = m.tags()
+        assert json.loads(tags["CLASSES"]) == ["unchanged", "changed"] and tags["CLASS_1"] == "changed"
     assert (out / "b_overlay.png").exists()
+    # A | B | prediction: three panels side by side (each the 100 px scene width) plus a legend
+    cmp_ = np.asarray(Image.open(out / "b_compare.png"))
+    assert cmp_.shape[1] > 3 * 100 and cmp_.shape[0] > 80
+    # the changed regions as polygons in the raster's CRS, their area = the changed pixels' area
+    import geopandas as gpd
+
+    g = gpd.read_file(out / "b_mask.gpkg")
+    assert g.crs.to_epsg() == 32650 and set(g["class"]) <= {"changed"}
+    assert g.geometry.area.sum() == pytest.approx((mask == 1).sum() * 4.0)
     # an odd number of files is not a list of pairs
     from rsvision.tasks.change import pairs_from_inputs
 

@@ -294,3 +294,34 @@ def test_train_writes_splits_and_eval_split_scores_only_that_split(trained, tmp_
     r = CliRunner().invoke(app, ["segment", "eval", "--checkpoint", str(d / "run" / "best.ckpt"), "--data",
                                  str(only), "--split", "train"])
     assert r.exit_code != 0 and "no input of the 'train' split" in str(r.exception)
+
+
+def test_mask_pictures_are_readable_and_vectors_match_the_mask(trained, tmp_path):
+    """Plain images: a palette PNG (values = class indices, colours = the checkpoint palette), an overlay
+    with a legend panel; --vector geojson: polygons whose area per class equals the mask's pixel count."""
+    import geopandas as gpd
+    from PIL import Image
+
+    from rsvision.cli import app
+    from rsvision.tasks import load_task
+
+    d, _ = trained
+    img, _ = make_segmentation_sample((70, 90), 3, seed=11)
+    Image.fromarray(img.transpose(1, 2, 0)).save(tmp_path / "plain.png")
+    out = tmp_path / "pred"
+    r = CliRunner().invoke(app, ["segment", "predict", "--checkpoint", str(d / "run" / "best.ckpt"),
+                                 str(tmp_path / "plain.png"), "--out", str(out), "--vector", "geojson"])
+    assert r.exit_code == 0, r.output
+    task = load_task(d / "run" / "best.ckpt")
+    m = Image.open(out / "plain_mask.png")
+    assert m.mode == "P"
+    pal = np.asarray(m.getpalette()[: 3 * len(task.classes)]).reshape(-1, 3)
+    np.testing.assert_array_equal(pal, np.asarray(task.palette))
+    labels = np.asarray(m)
+    assert labels.max() < len(task.classes)
+    over = Image.open(out / "plain_overlay.png")
+    assert over.width > 90 and over.height >= 70  # the legend panel is beside the picture
+    g = gpd.read_file(out / "plain_mask.geojson")
+    for cls, area in g.groupby("class").geometry.apply(lambda s: s.area.sum()).items():
+        assert area == pytest.approx((labels == task.classes.index(cls)).sum())
+    assert set(g["class"]) == {task.classes[v] for v in np.unique(labels)}
