@@ -5,7 +5,8 @@ task's own); :func:`load_config` reads ``defaults <- YAML <- --set overrides`` i
 unknown keys with the file and the valid names, so a typo never trains silently with a default.
 
 :class:`OptimConfig` is the one optimiser / schedule section: AdamW, a linear warmup counted in
-optimizer steps, then ``cosine`` (per step over the run), ``time`` (cosine that also follows the
+optimizer steps (with a ``max_time`` budget also ended by its share of the clock), then ``cosine``
+(per step over the run; with a budget, like ``time``), ``time`` (cosine that also follows the
 ``max_time`` budget, so a time-limited run ends annealed whatever the machine speed), ``step``
 (x ``gamma`` at epoch ``milestones``) or ``constant``. :func:`lr_factor` is that schedule as one
 pure function, used by every task through :class:`rsvision.tasks.base.BaseTask`.
@@ -239,17 +240,24 @@ def lr_factor(cfg: OptimConfig, step: int, total_steps: int, epoch: int = 0, max
               budget: float | None = None) -> float:
     """Multiplier of the base lr at optimizer ``step`` (of ``total_steps``) in ``epoch``.
 
-    ``budget``: fraction of the ``max_time`` budget used (``schedule: time`` anneals by whichever of
-    steps and time is further along). Warmup multiplies the main schedule, which for ``cosine`` /
+    ``budget``: fraction of the ``max_time`` budget used, None without one. With a budget the warmup
+    ends after ``warmup_steps`` steps or the same share of the budget (``warmup_steps / total_steps``),
+    whichever comes first, so a 4-minute run of a 100-epoch config does not spend itself warming up;
+    ``cosine`` and ``time`` then anneal by whichever of steps and time is further along, so a
+    time-limited run ends annealed. Warmup multiplies the main schedule, which for ``cosine`` /
     ``time`` starts after the warmup.
     """
     warm = min(int(cfg.warmup_steps), max(int(total_steps) - 1, 0))
-    f = warmup_factor(step, warm, cfg.warmup_ratio)
+    progress = step / warm if warm else 1.0  # of the warmup, by steps or by the clock
+    if budget is not None and warm:
+        progress = max(progress, budget * max(int(total_steps), 1) / warm)
+    r = 1.0 / (warm + 1) if cfg.warmup_ratio is None else float(cfg.warmup_ratio)
+    f = 1.0 if progress >= 1 else r + (1.0 - r) * progress  # warmup_factor, on the fractional progress
     if cfg.schedule == "step":
         return f * cfg.gamma ** sum(epoch >= m for m in cfg.milestones_for(max_epochs))
-    if cfg.schedule == "constant" or step < warm:
+    if cfg.schedule == "constant" or progress < 1:
         return f
-    t = min((step - warm) / max(total_steps - warm, 1), 1.0)
-    if cfg.schedule == "time":
-        t = max(t, budget or 0.0)
+    t = min(max(step - warm, 0) / max(total_steps - warm, 1), 1.0)
+    if budget is not None:
+        t = max(t, budget)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))

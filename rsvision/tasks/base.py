@@ -215,7 +215,7 @@ class BaseTask(L.LightningModule):
         def factor(step: int) -> float:
             from rsvision.tasks.common import budget_progress
 
-            budget = budget_progress(self._trainer) if o.schedule == "time" else None
+            budget = budget_progress(self._trainer)  # None without max_time
             epoch = self._trainer.current_epoch if self._trainer is not None else 0
             return lr_factor(o, step, total, epoch, max_epochs, budget)
 

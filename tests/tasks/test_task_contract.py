@@ -108,3 +108,14 @@ def test_old_config_keys_are_named_with_their_new_name(tmp_path):
     p.write_text("optim:\n  warmup_iters: 500\n")
     with pytest.raises(ConfigError, match="optim.warmup_iters is now optim.warmup_steps"):
         load_config(p, DetectConfig)
+
+def test_time_budget_scales_the_warmup():
+    """A 100-epoch config (105 warmup steps of 2100) stopped by a budget: the warmup is 5 % of the
+    budget's clock too, not 105 steps a short run never reaches."""
+    cfg = OptimConfig(schedule="cosine", warmup_steps=105, warmup_ratio=0.0, min_lr_ratio=0.0)
+    assert lr_factor(cfg, 10, 2100) == pytest.approx(10 / 105)  # no budget: by steps only
+    assert lr_factor(cfg, 10, 2100, budget=0.025) == pytest.approx(0.5)  # half of the warmup's 5 % share
+    assert lr_factor(cfg, 10, 2100, budget=0.05) == pytest.approx(math.cos(math.pi * 0.05) / 2 + 0.5)
+    assert lr_factor(cfg, 20, 2100, budget=1.0) == pytest.approx(0.0)  # budget spent: annealed
+    step = OptimConfig(schedule="step", warmup_steps=100, warmup_ratio=0.0)
+    assert lr_factor(step, 1, 1000, budget=0.05) == pytest.approx(0.5)  # step schedule: the warmup scales too
