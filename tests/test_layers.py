@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "rsvision"
-BASE = {"errors", "config", "runtime", "outputs", "progress", "__init__"}  # leaf helpers anyone may import
+BASE = {"errors", "config", "runtime", "outputs", "progress", "weights", "__init__"}  # leaf helpers anyone may import
 ALLOWED = {
     "ops": set(),
     "models": {"ops"},

@@ -66,8 +66,9 @@ EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Maxim
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Batch size per device.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (checkpoints, config, metrics, plots).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/last.ckpt.")]
-PretrainedOpt = Annotated[Optional[Path], typer.Option(
-    "--pretrained", help="Backbone or full checkpoint (official, MMRotate, timm or rsvision format).")]
+PretrainedOpt = Annotated[Optional[str], typer.Option(
+    "--pretrained", help="Backbone or full checkpoint (official, MMRotate, timm or rsvision format): a file, or a "
+    "published name from `rsvision weights list` (fetched into the cache).")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:<i>.")]
 PrecisionOpt = Annotated[Optional[str], typer.Option("--precision", help="32 | 16-mixed | bf16-mixed.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Random seed.")]

@@ -221,7 +221,9 @@ def load_checkpoint(
     """
     path = None
     if isinstance(checkpoint, (str, os.PathLike)):
-        path = os.fspath(checkpoint)
+        from rsvision.weights import resolve_pretrained  # a published name -> its cached (fetched) file
+
+        path = os.fspath(resolve_pretrained(checkpoint))
         checkpoint = read_checkpoint(path)
     sd, meta = extract_state_dict(checkpoint, path)
     try:
