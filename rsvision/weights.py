@@ -68,7 +68,7 @@ _MMR = "https://download.openmmlab.com/mmrotate/v1.0/lsknet"
 _MMR_OK = (_LSK_OK.replace("size / hash not known", "hash prefix = the -xxxxxxxx suffix of the file name "
                                                     "(OpenMMLab publish_model / torch.hub convention); size not known"))
 _HAKS = "https://github.com/peace1111/HAKSNet"
-_HAKS_LIC = "not stated in the README; research / non-commercial use assumed (LSKNet-derived)"
+_HAKS_LIC = "not stated (README); treat as non-commercial"
 _HAKS_OK = ("Baidu pan link and extraction code from the peace1111/HAKSNet README (stored copy, commit "
             "032c35b); the file name in the share is not known: rsvision's name is used; no hash / size")
 _MTP = "https://github.com/ViTAE-Transformer/MTP"
@@ -85,9 +85,9 @@ def _haks(name: str, arch: str, task: str, page: str, code: str, notes: str) -> 
                         confirmed=_HAKS_OK)
 
 
-def _mtp(name: str, arch: str, file_name: str) -> WeightsEntry:
+def _mtp(name: str, arch: str, file_name: str, init: str = "MAE") -> WeightsEntry:
     return WeightsEntry(name, arch, "backbone-mtp", _MTP, file_name, _MTP_LIC,
-                        notes="MAE + multi-task pretraining (SAMRS: semantic / instance segmentation, rotated "
+                        notes=f"{init} + multi-task pretraining on SAMRS (semantic / instance segmentation, rotated "
                               "detection); encoder weights only; rsvision has no model of this architecture yet",
                         manual=f"open {_MTP_PAGE}, folder of the MTP pretrained models, and download {file_name}",
                         confirmed=_MTP_OK)
@@ -130,7 +130,8 @@ REGISTRY: list[WeightsEntry] = [
           "multi-scale DOTA model"),
     _mtp("vit_b_rvsa.mtp", "vit_b_rvsa", "last_vit_b_rvsa_ss_is_rd_pretrn_model_encoder.pth"),
     _mtp("vit_l_rvsa.mtp", "vit_l_rvsa", "last_vit_l_rvsa_ss_is_rd_pretrn_model_encoder.pth"),
-    _mtp("internimage_xl.mtp", "internimage_xl", "last_internimage_xl_ss_is_rd_pretrn_model_encoder.pth"),
+    _mtp("internimage_xl.mtp", "internimage_xl", "last_internimage_xl_ss_is_rd_pretrn_model_encoder.pth",
+         init="ImageNet pretraining (IMP)"),
 ]
 
 

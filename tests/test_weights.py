@@ -216,7 +216,8 @@ def test_cli_list_and_get(server, home, entry, tmp_path):
     r = _cli("weights", "get", entry.name, "--to", str(tmp_path / "d"))
     assert r.exit_code == 0, r.output
     assert (tmp_path / "d" / "w.pth").read_bytes() == PAYLOAD
-    assert str(tmp_path / "d" / "w.pth") in r.output.replace("\n", "")
+    assert f"ready: {tmp_path / 'd' / 'w.pth'}" in r.output
+    assert "test_net.local (MiB): 1/1 (100%" in r.output  # plain progress lines when not on a terminal
     r = _cli("weights", "get", "lsknet_x.in1k")
     assert r.exit_code == 2 and "lsknet_t.in1k" in r.output
     r = _cli("weights", "get", "haksnet_s.in1k")

@@ -52,13 +52,14 @@ def get(
     try:
         entry = W.get_entry(name)
     except W.WeightsError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     console.print(f"[bold]{entry.name}[/] ({entry.task}, {entry.architecture}) from {entry.source}\n"
-                  f"licence: {entry.licence}" + (f"\n{entry.notes}" if entry.notes else ""), highlight=False)
+                  f"licence: {entry.licence}" + (f"\n{entry.notes}" if entry.notes else ""), highlight=False,
+                  soft_wrap=True)  # paths and URLs stay on one line (copy-paste)
     try:
         path = W.fetch(entry, to=to, console=console, force=force)
     except W.WeightsError as exc:
-        console.print(str(exc), markup=False, highlight=False)
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
-    console.print(f"ready: {path}", markup=False, highlight=False)
+    console.print(f"ready: {path}", markup=False, highlight=False, soft_wrap=True)
