@@ -27,6 +27,7 @@ class _Server:
         self.files: dict[str, bytes] = {}
         self.ranges: list[str | None] = []
         self.drop_after: int | None = None  # close the next body after this many bytes (then reset)
+        self.ignore_range = False  # answer 200 + the whole file, as servers without Range support do
         state = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -34,9 +35,17 @@ class _Server:
                 pass
 
             def do_GET(self):
+                if self.path.startswith("/redirect/"):  # like Hugging Face's resolve/ URLs (302 to a CDN)
+                    self.send_response(302)
+                    self.send_header("Location", self.path[len("/redirect"):])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = state.files.get(self.path.lstrip("/"))
                 rng = self.headers.get("Range")
                 state.ranges.append(rng)
+                if state.ignore_range:
+                    rng = None
                 if data is None:
                     self.send_error(404)
                     return
@@ -126,6 +135,30 @@ def test_interrupted_download_resumes_with_range(server, home, entry):
     p = W.fetch(entry, retries=0)
     assert server.ranges == [None, "bytes=300000-"]
     assert p.read_bytes() == PAYLOAD and not part.exists()
+
+
+def test_resume_through_a_redirect_and_without_range_support(server, home, monkeypatch):
+    e = _entry(server, url=f"{server.base}/redirect/w.pth")
+    monkeypatch.setattr(W, "REGISTRY", [e])
+    server.drop_after = 200_000
+    with pytest.raises(W.WeightsError, match="interrupted"):
+        W.fetch(e, retries=0)
+    assert W.fetch(e, retries=0).read_bytes() == PAYLOAD
+    assert server.ranges == [None, "bytes=200000-"]  # the Range header survives the redirect
+    (home / "w.pth").unlink()
+    server.drop_after, server.ignore_range = 100_000, True
+    with pytest.raises(W.WeightsError, match="interrupted"):
+        W.fetch(e, retries=0)
+    assert W.fetch(e, retries=0).read_bytes() == PAYLOAD  # a 200 answer to a Range request: start over
+
+
+def test_readme_table_names_exist():
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Published weights", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"`([a-z_0-9]+\.[a-z_0-9]+)`", section))
+    assert names and names <= {e.name for e in W.REGISTRY}, names - {e.name for e in W.REGISTRY}
 
 
 def test_interruption_retried_within_one_call(server, home, entry):
