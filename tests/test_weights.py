@@ -301,3 +301,28 @@ def test_weights_commands_import_nothing_heavy(tmp_path):
     env = {**os.environ, "RSVISION_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert not set(out.split()) & set(HEAVY)
+
+
+def test_train_pretrained_name_through_the_cli(server, home, monkeypatch, tmp_path):
+    """``classify train --pretrained NAME``: the name is fetched from the (local) server into the cache and
+    its weights are the start of training (lr 1e-12: the trained weights stay the served ones)."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from rsvision.data.synthetic.scenes import make_scene_dataset
+
+    src = timm.create_model("test_resnet", num_classes=3)
+    sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in src.state_dict().items()}
+    torch.save(sd, tmp_path / "tr.pth")
+    server.files["tr.pth"] = (tmp_path / "tr.pth").read_bytes()
+    e = _entry(server, name="test_resnet.local", file_name="tr.pth", url=f"{server.base}/tr.pth",
+               sha256=hashlib.sha256(server.files["tr.pth"]).hexdigest())
+    monkeypatch.setattr(W, "REGISTRY", [e])
+    make_scene_dataset(tmp_path / "data", num_classes=3, per_class=4, size=24)
+    r = _cli("classify", "train", "--data", str(tmp_path / "data"), "--model", "test_resnet", "--img-size", "16",
+             "--batch-size", "4", "--epochs", "1", "--out", str(tmp_path / "run"), "--pretrained", e.name,
+             "--set", "optim.lr=1e-12", "--set", "trainer.progress=none", "--set", "trainer.threads=1")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert (home / "tr.pth").is_file() and server.ranges == [None]
+    ck = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    w = next(k for k in sd if k.endswith("conv1.weight"))
+    assert torch.allclose(ck[f"model.{w}"], sd[w], atol=1e-6)
