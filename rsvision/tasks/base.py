@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
+# config.data field -> the hparams key a task stores it under, where the two names differ
+CONFIG_ALIASES = {"classes": "class_names"}
 TASKS: dict[str, type["BaseTask"]] = {}
 
 
@@ -264,6 +266,21 @@ class BaseTask(L.LightningModule):
         """A fresh task for a train config; ``cfg`` is completed with what ``dm`` resolved."""
         raise NotImplementedError
 
+    def resolve_config(self, config: Any) -> None:
+        """Fill the ``data`` fields a config left None (auto-detected classes, band statistics, ...)
+        with what the task resolved, so the run's ``config.yaml`` alone describes and repeats the run."""
+        import dataclasses
+
+        from rsvision.tasks.common import to_plain
+
+        d = getattr(config, "data", None)
+        if d is None or not dataclasses.is_dataclass(d):
+            return
+        for f in dataclasses.fields(d):
+            key = next((k for k in (f.name, CONFIG_ALIASES.get(f.name)) if k and self.hparams.get(k) is not None), None)
+            if getattr(d, f.name) is None and key is not None:
+                setattr(d, f.name, to_plain(self.hparams[key]))
+
     def trainer_defaults(self) -> dict[str, Any]:
         """``lightning.Trainer`` arguments this task needs for this run (callers' overrides win)."""
         return {}
@@ -339,6 +356,7 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
         dm = cls.build_datamodule(config)
         _write_splits(dm, Path(t.out))
         task = cls.from_config(config, dm)
+        task.resolve_config(config)
         t.monitor, t.mode = t.monitor or task.monitor, t.mode or task.mode
         overrides = {**task.trainer_defaults(), **trainer_overrides}
         overrides["callbacks"] = [WriteConfigAtStart(t.out, config), *(overrides.get("callbacks") or [])]

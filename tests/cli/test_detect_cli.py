@@ -63,6 +63,7 @@ def test_train_writes_run_dir_and_resumes(trained, dataset):
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["model"]["fpn_channels"] == 32 and resolved["trainer"]["max_epochs"] == 1
     assert resolved["trainer"]["monitor"] == "val/mAP"
+    assert resolved["data"]["classes"] == ["ship", "vehicle", "tank"] and resolved["data"]["mean"] is not None
     hp = torch.load(out / "best.ckpt", weights_only=True)["hyper_parameters"]
     assert hp["class_names"] == ["ship", "vehicle", "tank"] and hp["img_size"] == 128
     assert hp["mean"] == pytest.approx([123.675, 116.28, 103.53])

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 import rasterio
 import torch
 from PIL import Image
@@ -63,6 +64,8 @@ def test_small_model_learns_synthetic_change(trained):
     from rsvision.cli import app
 
     d = trained
+    resolved = yaml.safe_load((d / "run" / "config.yaml").read_text())["data"]
+    assert resolved["mean"] and resolved["std"]  # the run's config.yaml is resolved
     holdout = write_change_folder(d / "holdout", n=4, size=96, seed=500)
     r = CliRunner().invoke(app, ["change", "eval", "--checkpoint", str(d / "run" / "best.ckpt"), "--data",
                                  str(holdout), "--json", str(d / "m.json")])

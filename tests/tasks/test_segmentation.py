@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 import rasterio
 import torch
 from rasterio.transform import from_origin
@@ -115,6 +116,8 @@ def test_small_model_learns_synthetic_scenes(trained):
     d, data = trained
     for f in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.csv"):
         assert (d / "run" / f).exists()
+    resolved = yaml.safe_load((d / "run" / "config.yaml").read_text())["data"]
+    assert resolved["classes"] == list(SEG_CLASSES) and resolved["mean"] and resolved["std"]
     holdout = write_segmentation_folder(d / "holdout", n=3, size=96, seed=100, zero_is_ignore=True)
     r = CliRunner().invoke(app, ["segment", "eval", "--checkpoint", str(d / "run" / "best.ckpt"), "--data",
                                  str(holdout), "--json", str(d / "m.json")])
