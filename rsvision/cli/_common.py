@@ -197,8 +197,11 @@ def report_run(result: Any) -> None:
         print_metrics(m, title=f"{m.get('split', 'test')} split ({Path(str(m.get('checkpoint', ''))).name})")
     elif result.metrics:
         console.print(metrics_table(result.metrics, "Validation (last epoch)"))
-    console.print(f"best: [bold]{result.best}[/]  last: {result.last}  wall time: {result.seconds:.1f} s")
-    console.print(f"run directory: [bold]{result.run_dir}[/]")
+    score = getattr(result, "best_score", None)
+    chosen = f" ({result.monitor} = {_fmt(score, False)})" if score is not None else ""
+    console.print(f"best: [bold]{result.best}[/]{chosen}  last: {result.last}  wall time: {result.seconds:.1f} s",
+                  soft_wrap=True)  # paths on one line: a log can be grepped
+    console.print(f"run directory: [bold]{result.run_dir}[/]", soft_wrap=True)
 
 
 def _fmt(v: Any, percent: bool) -> str:

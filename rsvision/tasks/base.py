@@ -90,6 +90,8 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # last validation values ("val/...")
     test: dict[str, Any] | None = None  # held-out split metrics, when the task scores one
     seconds: float = 0.0
+    monitor: str | None = None  # the metric that chose ``best`` ...
+    best_score: float | None = None  # ... and its value there
 
     def __getitem__(self, key: str) -> Any:
         """Dict-style access as the first release's ``train`` returned (``result["best"]``, ``["test"]``)."""
@@ -367,6 +369,8 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
         result = RunResult(run_dir=out, best=Path(best) if best else None,
                            last=out / LAST if (out / LAST).exists() else None, seconds=time.time() - t0)
         result.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+        result.monitor, result.best_score = t.monitor, None if score is None else float(score)
         if trainer.is_global_zero and result.checkpoint is not None:
             task.after_fit(config, dm, result)
     return result

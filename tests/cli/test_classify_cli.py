@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -26,6 +27,7 @@ def trained(tmp_path_factory):
                             "--model", "test_resnet", "--epochs", "2", "--out", str(base / "run"), "--seed", "1",
                             *FAST])
     assert r.exit_code == 0, r.output + repr(r.exception)
+    assert re.search(r"best: \S+best\.ckpt \(val/\w+ = \d\.\d{4}\)", r.output), r.output
     return base
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,8 @@ def trained(dataset, tmp_path_factory):
     r = runner.invoke(app, ["detect", "train", "--config", str(cfg), "--data", str(dataset), "--epochs", "1",
                             "--out", str(out), "--seed", "0"])
     assert r.exit_code == 0, r.output + repr(r.exception)
+    # the end-of-training summary every task prints: best checkpoint with the metric that chose it, wall time
+    assert re.search(r"best: \S+best\.ckpt \(val/mAP = \d\.\d{4}\)\s+last: \S+last\.ckpt\s+wall time", r.output), r.output
     yield out, cfg
     torch.set_num_threads(n)
 
