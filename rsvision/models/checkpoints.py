@@ -9,6 +9,7 @@ the model's input bands, and returns a report. It raises only on real shape mism
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,10 +17,12 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from rsvision.errors import CheckpointError
 
-__all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "load_checkpoint", "checkpoint_filter_fn"]
+__all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "load_checkpoint", "checkpoint_filter_fn",
+           "resize_pos_embed", "resize_rel_pos"]
 
 _log = logging.getLogger(__name__)
 
@@ -185,6 +188,9 @@ def match_state_dict(
             if v.ndim == 4 and t.ndim == 4 and v.shape[0] == t.shape[0] and v.shape[2:] == t.shape[2:] and _is_stem(nk, model):
                 v = _adapt_stem(v, t.shape[1])
                 report.adapted.append(f"{nk} ({v.shape[1]} input bands)")
+            elif (resized := _resize_positional(nk, v, t)) is not None:
+                report.adapted.append(f"{nk} (resized {tuple(v.shape)} -> {tuple(t.shape)})")
+                v = resized
             elif nk.startswith(classifier):
                 report.skipped[nk] = f"classifier shape {tuple(v.shape)} != {tuple(t.shape)}, kept the model's"
                 continue
@@ -197,6 +203,50 @@ def match_state_dict(
     report.missing = sorted(k for k in tgt_keys if k not in out and not k.endswith("num_batches_tracked"))
     report.missing += [k for k in report.skipped if k not in report.missing]
     return out, report
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, s*s, C) -> (1, gh*gw, C): bicubic (align_corners=False) on the row-major token grid."""
+    n, c = pos.shape[1], pos.shape[2]
+    s = int(math.isqrt(n))
+    if (s, s) == tuple(grid):
+        return pos
+    p = pos.reshape(1, s, s, c).permute(0, 3, 1, 2)
+    p = F.interpolate(p.float(), size=tuple(grid), mode="bicubic", align_corners=False).to(pos.dtype)
+    return p.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """(2s-1, d) -> (length, d): the table as a one-channel image, bicubic along its first axis only."""
+    if table.shape[0] == length:
+        return table
+    t = F.interpolate(table[None, None].float(), size=(length, table.shape[1]), mode="bicubic", align_corners=False)
+    return t[0, 0].to(table.dtype)
+
+
+_REL_POS = ("rel_pos_h", "rel_pos_w", "full_attn_rel_pos_h", "full_attn_rel_pos_w")
+
+
+def _resize_positional(key: str, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+    """A ViT's position tables saved at another image size, resized to the model's (else None).
+
+    As MTP's finetune loaders do (its encoders are released at 224 / 448 and finetuned at 256 to
+    1024): ``pos_embed`` (1, [1 +] s*s, C) bicubic on its token grid, a class token dropped when
+    the model has none; decomposed rel-pos tables (2s-1, d) bicubic along their first axis.
+    """
+    leaf = key.rsplit(".", 1)[-1]
+    v = v.to(t.dtype) if t.is_floating_point() else v  # resize float16 files in the model's precision
+    if leaf == "pos_embed" and v.ndim == t.ndim == 3 and v.shape[0] == t.shape[0] == 1 and v.shape[2] == t.shape[2]:
+        extra_v = v.shape[1] - math.isqrt(v.shape[1]) ** 2
+        extra_t = t.shape[1] - math.isqrt(t.shape[1]) ** 2
+        if extra_v not in (0, 1) or extra_t > extra_v:
+            return None
+        side = math.isqrt(t.shape[1] - extra_t)
+        grid = resize_pos_embed(v[:, extra_v:], (side, side))
+        return torch.cat([v[:, :extra_t], grid], 1)
+    if leaf in _REL_POS and v.ndim == t.ndim == 2 and v.shape[1] == t.shape[1]:
+        return resize_rel_pos(v, t.shape[0])
+    return None
 
 
 def _is_stem(key: str, model: nn.Module) -> bool:
@@ -216,7 +266,8 @@ def load_checkpoint(
     (Lightning / MMRotate, with ``meta``), ``{"model": ...}``, EMA (``ema_*`` dropped), float16.
     Prefixes are aligned automatically (``backbone.``, ``module.``, timm ``features_only``
     wrappers). Detectors may define ``remap_state_dict(sd) -> (sd, remapped)``. A stem whose
-    band count differs is adapted timm-style. Raises ``CheckpointError`` on shape mismatches
+    band count differs is adapted timm-style; ViT position tables saved at another image size are
+    resized (``pos_embed``, rel-pos tables; MTP's finetune loaders). Raises ``CheckpointError`` on shape mismatches
     (and, with ``strict``, on missing/unexpected keys); otherwise returns the report.
     """
     path = None

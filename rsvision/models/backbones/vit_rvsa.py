@@ -33,28 +33,11 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from rsvision.models.checkpoints import checkpoint_filter_fn, resize_pos_embed, resize_rel_pos
+
 __all__ = ["ViTRVSA", "RVSAttention", "GlobalAttention", "resize_pos_embed", "resize_rel_pos"]
 
 WS = 7  # RVSA window size (hard-coded in the official class)
-
-
-def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(1, s*s, C) -> (1, gh*gw, C): bicubic (align_corners=False) on the row-major token grid."""
-    n, c = pos.shape[1], pos.shape[2]
-    s = int(math.isqrt(n))
-    if (s, s) == tuple(grid):
-        return pos
-    p = pos.reshape(1, s, s, c).permute(0, 3, 1, 2)
-    p = F.interpolate(p.float(), size=tuple(grid), mode="bicubic", align_corners=False).to(pos.dtype)
-    return p.permute(0, 2, 3, 1).flatten(1, 2)
-
-
-def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
-    """(2s-1, d) -> (length, d): the table as a one-channel image, bicubic along its first axis only."""
-    if table.shape[0] == length:
-        return table
-    t = F.interpolate(table[None, None].float(), size=(length, table.shape[1]), mode="bicubic", align_corners=False)
-    return t[0, 0].to(table.dtype)
 
 
 def _rel_pos_terms(q: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
@@ -413,8 +396,6 @@ default_cfgs = generate_default_cfgs({"vit_b_rvsa.untrained": _cfg(224), "vit_l_
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> ViTRVSA:
-    from rsvision.models.checkpoints import checkpoint_filter_fn
-
     arch = dict(_VARIANTS[variant])
     arch["out_blocks"] = arch.pop("out_indices")  # with features_only, timm takes out_indices (the maps)
     kwargs = {**arch, "drop_path_rate": 0.1, **kwargs}
