@@ -37,7 +37,7 @@ __all__ = [
     "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "MaxTimeOpt", "SetOpt", "CheckpointOpt",
     "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "PREDICT_OUT", "TtaOpt", "SplitOpt", "SplitFileOpt",
     "RgbOpt", "ScoreThrOpt", "parse_rgb", "progress_bar", "TopKOpt", "ExistOkOpt", "FastOpt", "COMMON_OVERRIDES",
-    "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
+    "ClusterOpt", "AssetsOpt", "CrsOpt", "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
     "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table", "train_command", "report_run",
 ]
 
@@ -99,6 +99,14 @@ ScoreThrOpt = Annotated[Optional[float], typer.Option(
     "--score-thr", min=0.0, max=1.0, help="Keep (and draw) only results scoring at least this.")]
 ExistOkOpt = Annotated[bool, typer.Option(
     "--exist-ok", help="Write into an --out that already holds results (same names replaced, nothing else touched).")]
+ClusterOpt = Annotated[Optional[str], typer.Option(
+    "--cluster", help="Spread scenes over Dask: local[:N] worker processes or a scheduler tcp://HOST:PORT; resumes "
+    "from the per-scene manifests in --out (see README \"Many scenes\").")]
+AssetsOpt = Annotated[Optional[str], typer.Option(
+    "--assets", help="STAC inputs: asset keys or band names, comma-separated (e.g. red,green,blue,nir).")]
+CrsOpt = Annotated[Optional[str], typer.Option(
+    "--crs", help="With --cluster / STAC: CRS of the merged detections.parquet (default: the scenes' shared CRS, "
+    "else EPSG:4326).")]
 
 #: CLI option name -> dotted config key (identical for every task).
 COMMON_OVERRIDES: dict[str, str] = {
