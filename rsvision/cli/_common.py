@@ -37,7 +37,8 @@ __all__ = [
     "ResumeOpt", "PretrainedOpt", "DeviceOpt", "PrecisionOpt", "SeedOpt", "MaxTimeOpt", "SetOpt", "CheckpointOpt",
     "EvalDataOpt", "JsonOpt", "InputsArg", "PredictOutOpt", "PREDICT_OUT", "TtaOpt", "SplitOpt", "SplitFileOpt",
     "RgbOpt", "ScoreThrOpt", "parse_rgb", "progress_bar", "TopKOpt", "ExistOkOpt", "FastOpt", "COMMON_OVERRIDES",
-    "ClusterOpt", "AssetsOpt", "CrsOpt", "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
+    "ClusterOpt", "AssetsOpt", "CrsOpt", "train_overrides", "parse_set", "load_yaml", "deep_merge", "set_dotted",
+    "from_dict", "load_config",
     "expand_inputs", "write_json", "metrics_table", "print_metrics", "per_class_table", "train_command", "report_run",
 ]
 
