@@ -23,6 +23,7 @@ app = typer.Typer(help="End-to-end demos on generated data (no download needed).
 DEFAULT_DEMO = "detect"
 
 DemoOutOpt = Annotated[Optional[Path], typer.Option("--out", help="Where to write data and the run (default: a temp dir).")]
+ViewOpt = Annotated[bool, typer.Option("--view", help="Then open the outputs in the local web viewer (rsvision view).")]
 
 
 def register(root: typer.Typer) -> None:
@@ -30,12 +31,12 @@ def register(root: typer.Typer) -> None:
 
 
 @app.callback()
-def _default(ctx: typer.Context, out: DemoOutOpt = None) -> None:
-    """Run a demo; with no subcommand, the default one (``--out`` applies to it)."""
+def _default(ctx: typer.Context, out: DemoOutOpt = None, view: ViewOpt = False) -> None:
+    """Run a demo; with no subcommand, the default one (``--out`` and ``--view`` apply to it)."""
     if ctx.invoked_subcommand is None:
         cmd = ctx.command.get_command(ctx, DEFAULT_DEMO)
         kwargs = {p.name: p.default for p in cmd.params}
-        kwargs["out"] = out
+        kwargs["out"], kwargs["view"] = out, view
         ctx.invoke(cmd.callback, **kwargs)
 
 
@@ -100,6 +101,7 @@ def detect(
     train_images: Annotated[int, typer.Option("--train-images", help="Synthetic 192 px training images.")] = 240,
     scene_size: Annotated[int, typer.Option("--scene-size", help="Held-out GeoTIFF scene size (px).")] = 1024,
     threads: Annotated[int, typer.Option("--threads", help="torch compute threads (plus one data worker).")] = 1,
+    view: ViewOpt = False,
 ) -> None:
     """Synthetic oriented objects -> train a small LSKNet-T Oriented R-CNN -> predict a held-out GeoTIFF scene."""
     import time
@@ -117,3 +119,7 @@ def detect(
     console.print(f"   done in {time.time() - t0:.0f} s ({res['timings']}). Same with the CLI:\n"
                   f"   rsvision detect predict --checkpoint {res['checkpoint']} {base / 'data' / 'scene.tif'} "
                   f"--out {base / 'prediction'}")
+    if view:
+        from rsvision.cli.view import serve
+
+        serve(base)
