@@ -16,6 +16,9 @@ from rsvision.cli._common import (
     write_json,
 )
 
+from rsvision.cli._batch import run_many, wants_batch
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
+
 app = typer.Typer(help="Rotated object detection (Oriented R-CNN on LSKNet / HAKSNet / timm backbones).",
                   no_args_is_help=True)
 
@@ -120,14 +123,21 @@ def predict(
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True,
+    cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None,
 ) -> None:
     """Detect on images or rasters of any size; writes Task1 files, PNGs and GeoJSON to --out.
 
-    --score-thr, --classes and --max-det apply to every output (Task1, GeoJSON, PNG) alike."""
+    --score-thr, --classes and --max-det apply to every output (Task1, GeoJSON, PNG) alike. With --cluster
+    (or STAC inputs): one folder per scene, resumable, plus detections.parquet of all scenes."""
     from rich.table import Table
 
     from rsvision.tasks import predict as predict_task
 
+    if wants_batch(cluster, inputs, assets):
+        return run_many(checkpoint, inputs, out, cluster, assets, crs, device, exist_ok, "detect", window=window,
+                        overlap=overlap, scales=_scales(scale, multi_scale, tta), nms_iou=nms_iou,
+                        score_thr=score_thr or 0.0, batch_size=batch_size, png=png, geojson=geojson, fast=fast,
+                        classes=_classes(classes), max_det=max_det, labels=labels, rgb=parse_rgb(rgb, 1 << 16))
     task = _load(checkpoint, device)
     bands = parse_rgb(rgb, len(task.hparams.mean))
     t = Table(title=f"detections (score >= {score_thr})")

@@ -258,7 +258,8 @@ def parse_cluster(cluster: Any) -> tuple[str, Any]:
             return "local", n
         if "://" in cluster:
             return "address", cluster
-        raise ConfigError(f"--cluster must be local, local:N or a scheduler address like tcp://HOST:8786, got {cluster!r}")
+        raise ConfigError(f"--cluster must be local, local:N or a scheduler address like tcp://HOST:8786, "
+                          f"got {cluster!r}")
     if hasattr(cluster, "submit") and hasattr(cluster, "scheduler_info"):
         return "client", cluster
     raise ConfigError(f"cluster must be a string or a distributed.Client, got {type(cluster).__name__}")
@@ -331,14 +332,16 @@ def is_done(out: Path, scene: Scene, sha256: str, options: dict) -> dict | None:
 
 def predict_many(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path = "predictions",
                  cluster: Any = None, assets: Sequence[str] | None = None, crs: Any = None, device: str = "cpu",
-                 progress: bool = False, exist_ok: bool = False, **predict_kwargs: Any) -> BatchResult:
+                 progress: bool = False, exist_ok: bool = False, task: str | None = None,
+                 **predict_kwargs: Any) -> BatchResult:
     """Predict ``inputs`` with ``checkpoint`` over a Dask cluster into ``out`` (module docstring).
 
     ``cluster``: ``None`` / ``"local"`` (min(4, cores) workers), ``"local:N"``, ``"tcp://HOST:PORT"`` or a
     ``distributed.Client``. ``assets``: STAC asset keys or band names. ``crs``: the CRS of the merged
     GeoParquet (default: the scenes' CRS when they share one, else EPSG:4326). ``predict_kwargs`` go to
     the task's ``predict`` on every scene (``score_thr``, ``window``, ``tta``, ...). ``out`` must be new,
-    empty or an earlier batch run's folder (resumed), unless ``exist_ok``.
+    empty or an earlier batch run's folder (resumed), unless ``exist_ok``. ``task``: the task the
+    checkpoint must be for (the CLI's group), checked before any work.
     """
     from rsvision.models.checkpoints import read_checkpoint
     from rsvision.outputs import claim_dir
@@ -352,6 +355,8 @@ def predict_many(checkpoint: str | Path, inputs: Sequence[str | Path], out: str 
     if not isinstance(hp, dict):
         raise CheckpointError("not an rsvision task checkpoint (no hyper_parameters)", path=str(checkpoint))
     task_name = str(_task_of_hparams(hp))
+    if task is not None and task_name != task:
+        raise ConfigError(f"{checkpoint} is a {task_name} checkpoint, not {task}")
     sha = file_sha256(ckpt)
     for k in ("progress", "exist_ok"):
         predict_kwargs.pop(k, None)  # workers draw no bars; scene folders are ours to rewrite
