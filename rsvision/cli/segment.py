@@ -13,6 +13,9 @@ from rsvision.cli._common import (
     per_class_table, progress_bar, train_command, write_json,
 )
 
+from rsvision.cli._batch import run_many, wants_batch
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
+
 app = typer.Typer(help="Semantic segmentation: train, evaluate, predict (sliding windows, GeoTIFF masks).",
                   no_args_is_help=True)
 
@@ -35,11 +38,16 @@ VectorOpt = Annotated[Optional[str], typer.Option(
 
 def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool | None, window: int | None,
                 overlap: int | None, device: str | None, rgb: str | None, task_name: str, exist_ok: bool,
-                fast: bool = True, vector: str | None = None) -> None:
-    """Shared body of ``segment predict`` / ``change predict``: predict, then a table of outputs."""
+                fast: bool = True, vector: str | None = None, cluster: str | None = None, assets: str | None = None,
+                crs: str | None = None) -> None:
+    """Shared body of ``segment predict`` / ``change predict``: predict, then a table of outputs
+    (``cluster`` / STAC inputs: :func:`rsvision.cli._batch.run_many`, masks mosaicked in ``masks.vrt``)."""
     from rsvision.errors import ConfigError
     from rsvision.tasks import load_task, predict
 
+    if wants_batch(cluster, inputs, assets):
+        return run_many(checkpoint, inputs, out, cluster, assets, crs, device, exist_ok, task_name, tta=tta,
+                        window=window, overlap=overlap, rgb=parse_rgb(rgb, 1 << 16), fast=fast, vector=vector)
     task = load_task(checkpoint, device or "auto")
     if task.name != task_name:
         raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
@@ -97,10 +105,13 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
-            exist_ok: ExistOkOpt = False, fast: FastOpt = True, vector: VectorOpt = None) -> None:
+            exist_ok: ExistOkOpt = False, fast: FastOpt = True, vector: VectorOpt = None,
+            cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None) -> None:
     """Segment images / rasters of any size: a GeoTIFF mask (georeferenced input) or palette PNG mask, an
-    overlay PNG with a legend, and with --vector the polygons."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment", exist_ok, fast, vector)
+    overlay PNG with a legend, and with --vector the polygons. With --cluster (or STAC inputs): one folder
+    per scene, resumable, and masks.vrt mosaicking the masks."""
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "segment", exist_ok, fast, vector,
+                cluster, assets, crs)
 
 
 def register(root: typer.Typer) -> None:
