@@ -8,6 +8,7 @@ from rsvision.cli._common import (
     PREDICT_OUT, CheckpointOpt, DeviceOpt, EvalDataOpt, ExistOkOpt, FastOpt, InputsArg, JsonOpt, PredictOutOpt,
     RgbOpt, SplitFileOpt, SplitOpt, TtaOpt, train_command,
 )
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
 from rsvision.cli.segment import OverlapOpt, VectorOpt, WindowOpt, run_eval, run_predict
 
 app = typer.Typer(help="Change detection on image pairs: train, evaluate, predict (PNG overlay + GeoTIFF).",
@@ -30,11 +31,14 @@ def eval_(checkpoint: CheckpointOpt, data: EvalDataOpt = None, json: JsonOpt = N
 @app.command()
 def predict(checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, tta: TtaOpt = None,
             window: WindowOpt = None, overlap: OverlapOpt = None, device: DeviceOpt = None, rgb: RgbOpt = None,
-            exist_ok: ExistOkOpt = False, fast: FastOpt = True, vector: VectorOpt = None) -> None:
+            exist_ok: ExistOkOpt = False, fast: FastOpt = True, vector: VectorOpt = None,
+            cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None) -> None:
     """Change maps of pairs: INPUTS are A B [A B ...] files or folders with A/ and B/ (or a scene folder).
 
-    Writes the change mask, an overlay and an A | B | prediction PNG, and with --vector the changed regions."""
-    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change", exist_ok, fast, vector)
+    Writes the change mask, an overlay and an A | B | prediction PNG, and with --vector the changed regions.
+    With --cluster: one folder per pair, resumable, and masks.vrt mosaicking the change masks."""
+    run_predict(checkpoint, inputs, out, tta, window, overlap, device, rgb, "change", exist_ok, fast, vector,
+                cluster, assets, crs)
 
 
 def register(root: typer.Typer) -> None:
