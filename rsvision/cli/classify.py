@@ -14,6 +14,9 @@ from rsvision.cli._common import (
     console, print_metrics,
 )
 
+from rsvision.cli._batch import run_many, wants_batch
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
+
 app = typer.Typer(help="Scene classification: train, evaluate, predict.", no_args_is_help=True)
 
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning.")]
@@ -79,12 +82,18 @@ def predict(
     checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, top_k: TopKOpt = 3,
     batch_size: BatchSizeOpt = None, device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True, tta: TtaOpt = None, score_thr: ScoreThrOpt = None,
+    cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None,
 ) -> None:
     """Top-k classes with probabilities for images (files, folders, globs); predictions.json / .csv in --out.
 
-    ``--score-thr`` picks the labels (multi-label: default 0.5; single-label: default the top class)."""
+    ``--score-thr`` picks the labels (multi-label: default 0.5; single-label: default the top class). With
+    --cluster (or STAC inputs): one folder per image, resumable, and the merged predictions.json / .csv."""
     from rsvision.tasks import load_task, predict as predict_task
 
+    if wants_batch(cluster, inputs, assets):
+        return run_many(checkpoint, inputs, out, cluster, assets, crs, device, exist_ok, "classify",
+                        batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad, fast=fast, tta=tta,
+                        score_thr=score_thr)
     task = load_task(checkpoint, device or "auto")
     preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad,
                               exist_ok=exist_ok, fast=fast, tta=tta, score_thr=score_thr))
