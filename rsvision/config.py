@@ -197,6 +197,8 @@ class OptimConfig:
     step's worth, ``1 / (warmup_steps + 1)``, so the first step already learns). ``milestones`` are
     epochs for ``schedule: step`` (None: 8/12 and 11/12 of the run, the 12-epoch detection schedule).
     ``no_decay_norm_bias`` excludes norms and biases from weight decay (timm's parameter groups).
+    ``layer_decay`` (e.g. 0.9, BEiT / MTP) scales encoder layer ``i`` of ``L``'s lr by
+    ``layer_decay ** (L - i)`` (decoders and heads keep the full lr; ``rsvision.models.optim``).
     """
 
     lr: float = 1e-3
@@ -209,10 +211,13 @@ class OptimConfig:
     gamma: float = 0.1
     base_batch: int | None = None
     no_decay_norm_bias: bool = False
+    layer_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
         if int(self.warmup_steps) < 0:
             raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not float(self.lr) > 0:

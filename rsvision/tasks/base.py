@@ -196,13 +196,12 @@ class BaseTask(L.LightningModule):
         return int(tr.max_epochs) if tr is not None and tr.max_epochs and tr.max_epochs > 0 else 12
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Optimiser parameter groups: timm's norm / bias exclusion when ``no_decay_norm_bias``."""
-        o = self.optim_cfg
-        if o.no_decay_norm_bias:
-            from timm.optim import param_groups_weight_decay
+        """Optimiser parameter groups: norm / bias exclusion (``no_decay_norm_bias``), per-layer
+        ``lr_scale`` (``layer_decay``); see ``rsvision.models.optim.param_groups``."""
+        from rsvision.models.optim import param_groups
 
-            return param_groups_weight_decay(self.model, o.weight_decay)
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "weight_decay": o.weight_decay}]
+        o = self.optim_cfg
+        return param_groups(self.model, o.weight_decay, o.no_decay_norm_bias, getattr(o, "layer_decay", None))
 
     def configure_optimizers(self):
         o = self.optim_cfg
@@ -212,7 +211,10 @@ class BaseTask(L.LightningModule):
             world = tr.world_size if tr is not None else 1
             accum = tr.accumulate_grad_batches if tr is not None else 1
             lr = lr * self.batch_size() * world * accum / o.base_batch
-        opt = torch.optim.AdamW(self.param_groups(), lr=lr, weight_decay=o.weight_decay)
+        groups = self.param_groups()
+        for g in groups:  # layer decay: each group's base lr, which the schedule's factor then scales
+            g["lr"] = lr * g.pop("lr_scale", 1.0)
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=o.weight_decay)
         total = max(int(tr.estimated_stepping_batches), 1) if tr is not None else 1
         max_epochs = self.max_epochs()
 

@@ -137,6 +137,13 @@ class PyramidBackbone(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups for layer-wise lr decay: the stem, then every block in order (a stage's
+        downsampling joins its first block, its norm its last), timm's convention."""
+        return dict(stem=r"^patch_embed1\.", blocks=[(r"^patch_embed(\d+)\.", (0,)), (r"^block(\d+)\.(\d+)\.", None),
+                                                      (r"^norm(\d+)\.", (99999,))])
+
     # -- forward ----------------------------------------------------------------------------
     # Each stage's modules are attributes with the official names (patch_embed{i}, block{i},
     # norm{i}), so they cannot sit in one ModuleList of stages. TorchScript has no getattr with a

@@ -298,8 +298,9 @@ class ViTRVSA(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer groups for layer-wise lr decay: stem 0, block i -> i + 1, the rest (neck, norm, head) last."""
-        return dict(stem=r"^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        """Layer groups for layer-wise lr decay: stem 0, block i -> i + 1, the rest (neck, norm, head)
+        last, as BEiT's / MTP's ``get_num_layer_for_vit``."""
+        return dict(stem=r"^pos_embed|^patch_embed", blocks=r"^blocks\.(\d+)")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
