@@ -142,7 +142,7 @@ def resolve_scenes(task_name: str, inputs: Sequence[str | Path], vrt_dir: str | 
 # --- the worker side ------------------------------------------------------------------------------------
 _TASKS: dict[tuple[str, str], Any] = {}  # (checkpoint sha256, device) -> loaded task, per worker process
 _LOCK = threading.Lock()
-LOADS = 0  # model loads in this process (tests check one per worker)
+LOADS: dict[str, int] = {}  # checkpoint sha256 -> model loads in this process (one per worker, tests check)
 
 
 def worker_task(checkpoint: str, sha256: str, device: str = "cpu", threads: int | None = None):
@@ -150,7 +150,6 @@ def worker_task(checkpoint: str, sha256: str, device: str = "cpu", threads: int 
 
     The file is hashed here too: a worker that sees another file at that path (no shared filesystem)
     refuses it instead of predicting with other weights under this run's checkpoint hash."""
-    global LOADS
     key = (sha256, str(device))
     with _LOCK:
         if key not in _TASKS:
@@ -166,7 +165,7 @@ def worker_task(checkpoint: str, sha256: str, device: str = "cpu", threads: int 
             from rsvision.tasks.base import load_task
 
             _TASKS[key] = load_task(checkpoint, device)
-            LOADS += 1
+            LOADS[sha256] = LOADS.get(sha256, 0) + 1
         return _TASKS[key]
 
 
@@ -225,7 +224,7 @@ def run_scene(checkpoint: str, sha256: str, scene: Scene, out: str, options: dic
     except Exception as exc:  # the scene fails alone, with its reason
         rec["reason"] = f"{type(exc).__name__}: {exc}"
     rec["seconds"] = round(time.time() - t0, 3)
-    rec["worker"]["loads"] = LOADS
+    rec["worker"]["loads"] = LOADS.get(sha256, 0)
     write_json(rec, folder / MANIFEST)
     return rec
 
