@@ -93,7 +93,7 @@ class VectorSource:
 
     @property
     def name(self) -> str:
-        return f"{self.rel}" + (f" [{self.key}]" if self.key and self.fmt == "parquet" else "")
+        return f"{self.rel}" + (f" [{self.key}]" if self.key and self.fmt in ("parquet", "task1") else "")
 
 
 @dataclass

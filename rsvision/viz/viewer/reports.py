@@ -77,7 +77,8 @@ def _worst(d: dict, json_path: Path, catalog, n: int = 12) -> dict[str, list[dic
 
     recs = [r for r in per if isinstance(r, dict) and "image" in r]
     if recs and "true" in recs[0]:
-        for c in sorted({str(r["true"]) for r in recs}):
+        named = [str(c) for c in d.get("classes") or []]
+        for c in named + sorted({str(r["true"]) for r in recs} - set(named)):
             bad = [r for r in recs if str(r["true"]) == c and str(r.get("pred")) != c]
             bad.sort(key=lambda r: -float(r.get("score") or 0))
             out[c] = [item(r, r.get("score")) for r in bad[:n]]

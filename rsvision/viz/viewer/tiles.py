@@ -63,6 +63,11 @@ def _quiet():
         yield
 
 
+def _in_memory(r) -> bool:
+    """PNG / JPEG are not tiled (GDAL decodes the whole file for any window): decoded once, kept in memory."""
+    return r.driver in ("PNG", "JPEG") and r.width * r.height <= 64_000_000
+
+
 class TileRenderer:
     """Render scene and mask tiles of :class:`~rsvision.viz.viewer.layers.Raster` items.
 
@@ -86,7 +91,8 @@ class TileRenderer:
         with self._lock:
             if r.id in self._ovr:
                 return self._ovr[r.id]
-            self._ovr[r.id] = self._build_overview(r) if max(r.width, r.height) > self.threshold else None
+            big = max(r.width, r.height) > self.threshold and not _in_memory(r)
+            self._ovr[r.id] = self._build_overview(r) if big else None
             return self._ovr[r.id]
 
     def _build_overview(self, r) -> tuple[Path, int] | None:
@@ -130,7 +136,7 @@ class TileRenderer:
         """Pixel region ``[c0, c1) x [r0, r1)`` of ``r`` resampled to ``out_h x out_w``: ``(bands, h, w)``
         data and a validity mask (nodata / alpha / outside: False)."""
 
-        if r.driver in ("PNG", "JPEG") and r.width * r.height <= 64_000_000:
+        if _in_memory(r):
             arr, valid = self._decoded(r)
             ys = np.clip(np.floor(r0 + (np.arange(out_h) + 0.5) * (r1 - r0) / out_h).astype(int), 0, r.height - 1)
             xs = np.clip(np.floor(c0 + (np.arange(out_w) + 0.5) * (c1 - c0) / out_w).astype(int), 0, r.width - 1)

@@ -92,7 +92,7 @@ function openView(v) {
   }
   const pending = [];
   if (b) pending.push(addBase(b, bounds));
-  v.masks.forEach((m) => addMask(m));
+  v.masks.forEach((m) => pending.push(addMask(m)));
   sceneControls(b);
   $("layer-controls").replaceChildren();
   v.masks.forEach((m) => maskControls(m));
@@ -151,6 +151,7 @@ function addMask(m) {
   const layer = L.tileLayer(url(), { tileSize: 256, noWrap: true, maxZoom: 22, maxNativeZoom: m.georef ? 22 : 3, minZoom: -8, opacity: 0.5 });
   layer.addTo(S.map);
   S.masks[m.id] = { m, layer, hidden, url };
+  return new Promise((res) => layer.once("load", res));
 }
 
 function maskControls(m) {
