@@ -44,7 +44,7 @@ async function start() {
     if (!items.length) { $(id + "-box").hidden = true; return; }
     items.forEach((it) => ul.append(el("li", { "data-id": it.id, text: label(it), on: { click: () => onclick(it) } })));
   };
-  list("views", S.cat.views, (v) => v.name + (v.vectors.length || v.masks.length ? ` (${v.vectors.length + v.masks.length} layers)` : ""),
+  list("views", S.cat.views, (v) => v.name + ((n) => (n ? ` (${n} layer${n > 1 ? "s" : ""})` : ""))(v.vectors.length + v.masks.length),
        (v) => { location.hash = "view=" + v.id; });
   list("runs", S.cat.runs, (r) => r.rel, (r) => { location.hash = "run=" + r.id; });
   list("evals", S.cat.evals, (e) => `${e.rel} (${e.task})`, (e) => { location.hash = "eval=" + e.id; });
