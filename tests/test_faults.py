@@ -294,8 +294,9 @@ def _scenes(tmp_path, n, size=256):
 def test_two_concurrent_predicts_into_one_folder(ckpts, tmp_path):
     """Two real processes: the second stops with a clear message while the first writes; the first's
     results are complete."""
-    scenes, out = _scenes(tmp_path, 6), tmp_path / "out"
-    args = ["segment", "predict", "--checkpoint", ckpts["segment"], "--window", "64", "--overlap", "32", "--out", out]
+    # enough work (windows at stride 16) that the first is still writing when the second checks, even under load
+    scenes, out = _scenes(tmp_path, 6, size=384), tmp_path / "out"
+    args = ["segment", "predict", "--checkpoint", ckpts["segment"], "--window", "64", "--overlap", "48", "--out", out]
     second = subprocess.Popen(_cli(*args, scenes[0], "--exist-ok", wait_for=out / LOCK_NAME),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = subprocess.run(_cli(*args, *scenes), capture_output=True, text=True, timeout=300)

@@ -7,6 +7,8 @@ Each command group lives in its own module (``rsvision/cli/<group>.py``) exposin
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
 
 import typer
 
@@ -39,6 +41,34 @@ def _version_callback(value: bool) -> None:
 
 
 _DEBUG = {"on": False}
+# Lightning's INFO notices ("GPU available", "Loading `train_dataloader`", "`Trainer.fit` stopped") come from these
+_LIGHTNING_CHATTER = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                      "lightning.fabric.utilities.seed", "lightning.pytorch.utilities.seed")
+
+
+class _StdoutHandler(logging.Handler):
+    """The library's messages (logger ``rsvision``) on stdout, where results go, as plain lines:
+    ``text`` for information, ``warning: text`` above it. ``sys.stdout`` is looked up per record so
+    redirected / captured output (pipes, Typer's CliRunner) gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            level = record.levelname.lower()
+            sys.stdout.write(f"{msg}\n" if record.levelno <= logging.INFO else f"{level}: {msg}\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - a logging failure must never end a run
+            self.handleError(record)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One logger for user-facing messages; Lightning's chatter only with ``--verbose``."""
+    lib = logging.getLogger("rsvision")
+    if not any(isinstance(h, _StdoutHandler) for h in lib.handlers):
+        lib.addHandler(_StdoutHandler())
+    lib.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in _LIGHTNING_CHATTER:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @app.callback()
@@ -47,9 +77,13 @@ def _root(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
     ),
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an error."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Also show Lightning's own notices and the library's debug messages."),
 ) -> None:
     """rsvision command line."""
     import os
+
+    setup_logging(verbose or os.environ.get("RSVISION_VERBOSE", "") not in ("", "0"))
 
     from rsvision.runtime import apply_env_malloc
 

@@ -260,8 +260,8 @@ class DenseTask(BaseTask):
         stems = unique_stems([self.item_path(it) for it in items], [self.item_name(it) for it in items])
         for item in items:  # every input checked (readable, within budget, bands) before any work
             self._open_checked(item)[0].close()
-        fn = self.predict_fn(fast)
-        with claim_dir(out or "predictions", exist_ok) as out:
+        with claim_dir(out or "predictions", exist_ok) as out:  # claimed before the slow set-up: a clash shows at once
+            fn = self.predict_fn(fast)
             for item, stem in zip(items, stems):
                 source, label = self._open_checked(item)
                 try:

@@ -37,3 +37,30 @@ def test_import_rsvision_registers_models_in_either_order():
 
 def test_import_rsvision_alone_is_light():
     assert not _loaded_after("import rsvision") & set(HEAVY)
+
+
+def test_library_messages_on_stdout_and_lightning_quiet_unless_verbose(capsys):
+    """One logger for what a user reads (stdout, ``warning: ...``); Lightning's INFO notices need -v."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from rsvision.cli import app
+
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    runner = CliRunner()
+    try:
+        r = runner.invoke(app, ["weights", "list"])
+        assert r.exit_code == 0, r.output
+        assert not chatter.isEnabledFor(logging.INFO)
+        capsys.readouterr()
+        logging.getLogger("rsvision.tasks.common").warning("time budget: %d s left", 12)
+        logging.getLogger("rsvision.data").info("dropped %d images", 3)
+        logging.getLogger("rsvision.data").debug("not shown without -v")
+        text = capsys.readouterr().out
+        assert text == "warning: time budget: 12 s left\ndropped 3 images\n", text
+        r = runner.invoke(app, ["--verbose", "weights", "list"])
+        assert r.exit_code == 0 and chatter.isEnabledFor(logging.INFO)
+        assert logging.getLogger("rsvision").isEnabledFor(logging.DEBUG)
+    finally:
+        runner.invoke(app, ["weights", "list"])  # leave the default levels for the tests that follow
