@@ -149,7 +149,7 @@ def create_app(path: str | Path, basemap: str | None = None, cache_dir: str | Pa
             if len(box) != 4:
                 raise HTTPException(422, "bbox must be minx,miny,maxx,maxy")
         cls = None if classes is None else [c for c in classes.split(",") if c]
-        return lay.query(box, min_score, cls, limit)
+        return Response(lay.query_json(box, min_score, cls, limit), media_type="application/json")
 
     @app.get("/api/vectors/{vid}/summary")
     def vector_summary(vid: str):
