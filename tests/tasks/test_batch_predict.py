@@ -74,6 +74,16 @@ def client():
         yield c
 
 
+@pytest.fixture(autouse=True)
+def threads_like_the_workers():
+    """Single-process references with the workers' torch threads (cores // 2): other thread counts sum
+    floats in another order, and byte-equal files are the point here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    yield
+    torch.set_num_threads(before)
+
+
 def _manifests(out: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob(f"*/{MANIFEST}"))}
 
@@ -182,6 +192,66 @@ def test_stac_catalog_by_band_names_equals_single_process_and_masks_mosaic(world
         resolve_scenes("segment", [catalog], tmp_path / "vrt4")
 
 
+def test_change_pairs_and_classification_through_the_cluster(world, client, tmp_path):
+    """The other two predict families: change pairs (one folder per pair, masks mosaic) and classification
+    (one image per scene, predictions merged), each equal to single-process predict."""
+    from rsvision.tasks.change import ChangeTask
+    from rsvision.tasks.classification import ClassificationTask
+
+    torch.manual_seed(1)
+    stats = {"mean": [120.0] * 3, "std": [50.0] * 3}
+    tasks = {"change": ChangeTask(model={"backbone": "lsknet_t", "decoder": "upernet", "channels": 16, "in_chans": 3},
+                                  data={"classes": ["unchanged", "changed"], "img_size": 64, **stats}),
+             "classify": ClassificationTask(model={"name": "lsknet_t"}, data={"classes": ["p", "q", "r"], "in_chans": 3,
+                                                                              "img_size": 32, **stats})}
+    for d in ("A", "B"):
+        (tmp_path / "pairs" / d).mkdir(parents=True)
+    for i in (0, 1):
+        crs, x0 = GRID[i]
+        os.symlink(world["scenes"] / f"s{i}.tif", tmp_path / "pairs" / "A" / f"p{i}.tif")
+        _write(tmp_path / "pairs" / "B" / f"p{i}.tif", (np.random.default_rng(9 + i).random((3, H, W)) * 255)
+               .astype(np.uint8), crs, x0)
+    inputs = {"change": [tmp_path / "pairs"], "classify": [world["scenes"] / "s0.tif", world["scenes"] / "s2.tif"]}
+    for name, task in tasks.items():
+        ckpt = tmp_path / f"{name}.ckpt"
+        torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
+        res = predict_many(ckpt, inputs[name], tmp_path / name, cluster=client)
+        assert len(res.done) == 2 and not res.failed, res.failed
+        single = list(predict(load_task(ckpt), inputs[name], tmp_path / f"{name}_single"))
+        if name == "change":
+            assert [Path(p).name for p in res.outputs["mosaic"]] == ["masks_EPSG-32632.vrt", "masks_EPSG-32633.vrt"]
+            for r in single:
+                stem = Path(r["files"]["geotiff"]).name
+                scene = stem.removesuffix("_mask.tif")
+                with rasterio.open(tmp_path / name / scene / stem) as a, rasterio.open(r["files"]["geotiff"]) as b:
+                    np.testing.assert_array_equal(a.read(1), b.read(1))
+        else:
+            merged = json.loads((tmp_path / name / "predictions.json").read_text())["predictions"]
+            assert [m["input"] for m in merged] == [str(p) for p in inputs[name]]
+            np.testing.assert_allclose([m["probs"] for m in merged], [r["probs"] for r in single], atol=1e-6)
+            assert (tmp_path / name / "predictions.csv").read_text().count("\n") == 3
+
+
+def test_stac_item_collection_and_collection_files(world, tmp_path):
+    catalog = _catalog(world, tmp_path)
+    items = list(pystac.Catalog.from_file(str(catalog)).get_items(recursive=True))
+    ic = tmp_path / "items.json"
+    pystac.ItemCollection(items[:2]).save_object(dest_href=str(ic))
+    scenes = resolve_scenes("detect", [ic], tmp_path / "vrt", ["blue", "green", "red"])
+    assert [s.id for s in scenes] == ["item0", "item1"] and scenes[0].stac["assets"] == ["B02", "B03", "B04"]
+    with rasterio.open(scenes[0].inputs[0]) as v, rasterio.open(world["scenes"] / "s0.tif") as ref:
+        np.testing.assert_array_equal(v.read(), ref.read()[::-1])  # bands in the order asked for
+        assert v.crs == ref.crs and v.transform == ref.transform
+    coll = pystac.Collection("c", "scenes", pystac.Extent(pystac.SpatialExtent([[0, 0, 1, 1]]),
+                                                         pystac.TemporalExtent([[datetime(2024, 1, 1), None]])))
+    for it in items[2:]:
+        coll.add_item(it.clone())
+    coll.normalize_hrefs(str(tmp_path / "coll"))
+    coll.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    got = resolve_scenes("detect", [tmp_path / "coll" / "collection.json"], tmp_path / "vrt", ["visual"])
+    assert [s.id for s in got] == ["item2", "item3", "item4"]
+
+
 def test_inputs_lists_options_and_cluster_spec(world, tmp_path):
     lst = tmp_path / "scenes.txt"
     lst.write_text(f"# two scenes\n{world['scenes'] / 's1.tif'}\n\n{world['scenes'] / 's0.tif'}\n")
@@ -209,6 +279,7 @@ def test_inputs_lists_options_and_cluster_spec(world, tmp_path):
 
 
 def _cli(world, out: Path) -> list[str]:
+    # two workers like the module's cluster: the same torch threads per worker (cores // 2), so the same floats
     return [sys.executable, "-m", "rsvision.cli", "detect", "predict", "--checkpoint", str(world["ckpt"]["det"]),
             str(world["scenes"]), "--out", str(out), "--cluster", "local:2", "--no-png", "--score-thr", "0"]
 
@@ -253,15 +324,26 @@ def test_cli_killed_mid_run_then_resumed_equals_an_uninterrupted_run(world, clie
     assert _outputs(out) == _outputs(tmp_path / "full")
 
 
-def test_cli_reports_failed_scenes_and_exits_1(world, tmp_path):
-    """--cluster through the CLI: the plain progress lines, a table of failed scenes with their reasons, exit 1."""
+def test_cli_connects_to_a_scheduler_reports_failed_scenes_and_exits_1(world, client, tmp_path):
+    """``segment predict --cluster tcp://...`` (the running scheduler of the module's cluster): a table of the
+    failed scenes with their reasons, exit 1, the summary names them."""
+    from typer.testing import CliRunner
+
+    from rsvision.cli import app
+
     (tmp_path / "in").mkdir()
     os.symlink(world["scenes"] / "s0.tif", tmp_path / "in" / "s0.tif")
     (tmp_path / "in" / "bad.tif").write_bytes(b"garbage")
-    cmd = _cli(world, tmp_path / "out")
-    cmd[cmd.index(str(world["scenes"]))] = str(tmp_path / "in")
-    cmd[cmd.index("local:2")] = "local:1"
-    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "scenes: 1 done, 1 failed" in r.stdout and "bad" in r.stdout and "failed" in r.stdout
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["failures"]["bad"]
+    address = client.scheduler.address
+    assert address.startswith("tcp://")
+    r = CliRunner().invoke(app, ["segment", "predict", "--checkpoint", str(world["ckpt"]["seg"]), str(tmp_path / "in"),
+                                 "--out", str(tmp_path / "out"), "--cluster", address])
+    assert r.exit_code == 1, r.output
+    assert "1 scene(s) done" in r.output and "1 failed" in r.output and "bad" in r.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["done"] == 1 and "bad.tif" in summary["failures"]["bad"]
+    assert [Path(p).name for p in summary["outputs"]["mosaic"]] == ["masks.vrt"]
+    r = CliRunner().invoke(app, ["detect", "predict", "--checkpoint", str(world["ckpt"]["seg"]), str(tmp_path / "in"),
+                                 "--out", str(tmp_path / "out2"), "--cluster", address])
+    assert r.exit_code != 0 and "segment checkpoint, not detect" in str(r.exception or r.output)
+    assert not (tmp_path / "out2").exists()  # refused before any work
