@@ -334,6 +334,13 @@ class MultimodalDataModule(L.LightningDataModule):
                 "std": [v for m in mods for v in self.stats[m][1]],
                 "img_size": self.cfg.img_size, "gsd": 10.0}
 
+    def split_record(self) -> dict:
+        """``splits.json``: the dataset's own splits, each sample named by its S2 B02 file."""
+        from rsvision.data.splits import split_record
+
+        files = {k: [s.samples[i].files.get("B02", s.samples[i].id) for i in range(len(s))] for k, s in self.datasets.items()}
+        return split_record(files.get("train", []), files.get("val", []), test=files.get("test", []), source="dataset")
+
     def _loader(self, name: str, train: bool) -> DataLoader:
         from rsvision.data.samplers import SeededRandomSampler
 
@@ -355,3 +362,49 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.datasets else "val", False)
+
+
+# --- the classification task's "pairs" data format ------------------------------------------------
+PAIR_FORMATS = ("pairs", "bigearthnet_v1", "reben")
+
+
+def _split_flat(values: Optional[Sequence[float]], mods: Mapping[str, Sequence[str]]) -> Optional[dict[str, list[float]]]:
+    if not values:
+        return None
+    n = sum(len(b) for b in mods.values())
+    if len(values) != n:
+        raise ConfigError(f"data.mean / data.std need {n} values (the bands of {list(mods)} in order), got {len(values)}")
+    out, k = {}, 0
+    for m, b in mods.items():
+        out[m], k = list(values[k:k + len(b)]), k + len(b)
+    return out
+
+
+def pairs_datamodule(data, seed: int = 0) -> MultimodalDataModule:
+    """A :class:`MultimodalDataModule` from the classification ``data:`` section (``format: pairs | bigearthnet_v1 | reben``).
+
+    ``mean`` / ``std`` there are flat, in the order of ``modalities`` (as the checkpoint stores them).
+    """
+    mods = {m: list(b) for m, b in (data.modalities or DEFAULT_MODALITIES).items()}
+    fmt = "auto" if data.format == "pairs" else data.format
+    cfg = MultimodalDataConfig(root=data.root, format=fmt, modalities=mods, img_size=data.img_size, hflip=data.hflip,
+                               vflip=data.vflip, rot90=data.rot90, mean=_split_flat(data.mean, mods),
+                               std=_split_flat(data.std, mods), batch_size=data.batch_size,
+                               eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, cache=data.cache)
+    dm = MultimodalDataModule(cfg, seed)
+    dm.setup("fit")
+    return dm
+
+
+def pairs_eval_dataset(hp: Mapping, root: str | Path, split: Optional[str] = None) -> MultimodalDataset:
+    """Evaluation dataset of a pairs folder with a checkpoint's modalities, statistics and image size
+    (``split``: one of the dataset's own splits; default all of it)."""
+    mods = {m: list(b) for m, b in hp["modalities"].items()}
+    mean, std = _split_flat(hp["mean"], mods), _split_flat(hp["std"], mods)
+    samples = read_dataset(root)
+    if split is not None:
+        samples = [s for s in samples if s.split == split]
+        if not samples:
+            raise DataError(f"no samples of split {split!r}", path=root)
+    tf = SceneTransform(ResizePolicy(int(hp.get("img_size") or 120), None, None), train=False)
+    return MultimodalDataset(samples, mods, {m: (mean[m], std[m]) for m in mods}, tf)

@@ -62,6 +62,7 @@ class ClassifyOptimConfig(OptimConfig):
     mix_prob: float = 1.0
     ema: bool = False
     ema_decay: float = 0.998
+    aux_loss_weight: float = 0.01  # models exposing ``aux_loss`` after a forward (skysense_v2_*: MoE balance)
 
 
 def _classify_trainer() -> TrainerOptions:
@@ -182,10 +183,12 @@ class ClassificationTask(BaseTask):
         extra = dict(m.kwargs)
         if m.drop_path_rate is not None:
             extra["drop_path_rate"] = m.drop_path_rate
+        if hp.get("modalities"):  # S1 / S2 pairs: the backbone declares the data's modalities and bands
+            extra.setdefault("modalities", dict(hp.modalities))
         try:
             net = timm.create_model(m.name, pretrained=False, num_classes=len(hp.classes), in_chans=hp.in_chans,
                                     drop_rate=m.drop_rate, **extra)
-        except RuntimeError as exc:  # timm: "Unknown model"
+        except (RuntimeError, TypeError) as exc:  # timm: "Unknown model"; a model without modality inputs
             raise CheckpointError(f"cannot build model {m.name!r}: {exc}") from exc
         self.channels_last = bool(m.channels_last or m.fast)
         if m.fast:
@@ -232,6 +235,8 @@ class ClassificationTask(BaseTask):
         return self.net()(self._fmt(x))
 
     def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, dict):  # {modality: tensor} (pairs)
+            return x
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # --- training ---------------------------------------------------------------------------------
@@ -253,7 +258,11 @@ class ClassificationTask(BaseTask):
         xm, soft = mix_batch(x, self._soft_targets(y), o.mixup, o.cutmix, o.mix_prob)
         logits = self.model(self._fmt(xm))
         loss = self._loss(logits, soft)
-        bs = len(x)
+        aux = getattr(self.model, "aux_loss", None)
+        if isinstance(aux, torch.Tensor) and aux.requires_grad and o.aux_loss_weight:
+            self.log("train/aux_loss", aux.detach(), on_step=True, on_epoch=True, batch_size=len(y))
+            loss = loss + o.aux_loss_weight * aux
+        bs = len(y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
         if not self.multilabel:
             self.log("train/acc", (logits.argmax(-1) == y).float().mean(), on_step=False, on_epoch=True,
@@ -282,7 +291,7 @@ class ClassificationTask(BaseTask):
             loss = F.cross_entropy(logits, y)
             k = len(self.classes)
             self._val_cm += torch.bincount(y * k + logits.argmax(-1), minlength=k * k).view(k, k)
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(x), sync_dist=True)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(y), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.multilabel:
@@ -300,6 +309,10 @@ class ClassificationTask(BaseTask):
     # --- training recipe ----------------------------------------------------------------------------
     @classmethod
     def build_datamodule(cls, cfg: ClassifyConfig) -> ClassificationDataModule:
+        if cfg.data.format != "images":
+            from rsvision.data.multimodal import pairs_datamodule
+
+            return pairs_datamodule(cfg.data, seed=cfg.trainer.seed)
         dm = ClassificationDataModule(cfg.data, seed=cfg.trainer.seed, run_dir=Path(cfg.trainer.out))
         dm.setup("fit")
         return dm
@@ -309,21 +322,36 @@ class ClassificationTask(BaseTask):
         d, t = cfg.data, cfg.trainer
         if d.multilabel and t.monitor in ("val/acc", "val/aa", "val/kappa"):
             t.monitor, t.mode = "val/mAP", "max"  # single-label metrics do not exist for multi-label
-        d.classes, d.mean, d.std = list(dm.classes), list(dm.mean), list(dm.std)
-        d.split_file = str(dm.split_file.resolve())
-        d.root = str(Path(d.root).resolve()) if d.root else None
-        d.csv = str(Path(d.csv).resolve()) if d.csv else None
-        from rsvision.data.raster import read_info
+        if d.format != "images":
+            data = cls._pairs_data(cfg, dm)
+        else:
+            d.classes, d.mean, d.std = list(dm.classes), list(dm.mean), list(dm.std)
+            d.split_file = str(dm.split_file.resolve())
+            d.root = str(Path(d.root).resolve()) if d.root else None
+            d.csv = str(Path(d.csv).resolve()) if d.csv else None
+            from rsvision.data.raster import read_info
 
-        data = dict(classes=dm.classes, in_chans=dm.in_chans, mean=dm.mean, std=dm.std, img_size=d.img_size,
-                    resize=d.resize, bands=d.bands, multilabel=d.multilabel, eval_size=d.eval_size,
-                    dtype=read_info(dm.splits["train"][0].path).dtype)
+            data = dict(classes=dm.classes, in_chans=dm.in_chans, mean=dm.mean, std=dm.std, img_size=d.img_size,
+                        resize=d.resize, bands=d.bands, multilabel=d.multilabel, eval_size=d.eval_size,
+                        dtype=read_info(dm.splits["train"][0].path).dtype)
         task = cls(model=asdict(cfg.model), data=data, optim=asdict(cfg.optim))
         if cfg.model.pretrained and not (t.resume and (Path(t.out) / "last.ckpt").exists()):
             from lightning.pytorch.utilities import rank_zero_info
 
             rank_zero_info(f"pretrained weights {cfg.model.pretrained}:\n{task.load_pretrained(cfg.model.pretrained)}")
         return task
+
+    @staticmethod
+    def _pairs_data(cfg: ClassifyConfig, dm: Any) -> dict[str, Any]:
+        """S1 / S2 pairs: 19-class multi-label, the datamodule's modality bands and statistics (flat)."""
+        d, t = cfg.data, cfg.trainer
+        if cfg.optim.mixup or cfg.optim.cutmix:
+            raise ConfigError("optim.mixup / optim.cutmix are not supported with S1 / S2 pairs (data.format)")
+        d.multilabel, t.monitor, t.mode = True, ("val/mAP" if t.monitor in (None, "val/acc") else t.monitor), "max"
+        data = {**dm.hparams_data(), "in_chans": None, "multilabel": True, "resize": None, "eval_size": None}
+        d.classes, d.mean, d.std = list(data["classes"]), list(data["mean"]), list(data["std"])
+        d.modalities, d.root = data["modalities"], str(Path(d.root).resolve())
+        return data
 
     def after_fit(self, cfg: ClassifyConfig, dm: ClassificationDataModule, result: RunResult) -> None:
         """Score the best checkpoint on the test split (else val): ``<split>_metrics.json`` + confusion PNG."""
@@ -374,7 +402,10 @@ class ClassificationTask(BaseTask):
 
             it = track(loader, "evaluating")
         for batch in it:
-            x = self._fmt(batch["image"].to(device))
+            x = batch["image"]
+            x = {m: v.to(device) for m, v in x.items()} if isinstance(x, dict) else self._fmt(x.to(device))
+            if tta and isinstance(x, dict):
+                raise ConfigError("--tta is not supported for S1 / S2 pairs")
             with torch.no_grad():
                 if tta:
                     p = dihedral_tta(lambda t: net(self._fmt(t)), x, self.multilabel).cpu()
@@ -418,6 +449,8 @@ class ClassificationTask(BaseTask):
         from rsvision.data.raster import expand_inputs
         from rsvision.errors import DataError
 
+        if self.hparams.get("modalities"):
+            raise ConfigError("classify predict reads image files; S1 / S2 pair checkpoints are scored with eval")
         paths = expand_inputs(inputs)
         ds = _eval_dataset(self, [Sample(str(p), 0) for p in paths])
         net = self.inference_model(fast)
@@ -518,6 +551,10 @@ def eval_dataset(task: "ClassificationTask", data: str | Path, split_file: str |
     from rsvision.errors import DataError
 
     data = Path(data)
+    if task.hparams.get("modalities"):
+        from rsvision.data.multimodal import pairs_eval_dataset
+
+        return pairs_eval_dataset(task.hparams, data, split)
     if data.suffix.lower() == ".csv":
         samples, _ = read_multilabel_csv(data, None, task.classes)
         root = data.parent

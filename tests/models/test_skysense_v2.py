@@ -269,3 +269,12 @@ def test_base_parameter_count_on_the_meta_device():
     active = total - experts + experts // 8
     assert (total, active) == (1_987_540_066, 654_930_018)
     assert abs(active / 665e6 - 1) < 0.02
+
+
+def test_declared_modalities_are_never_redeclared():
+    mods = {"s2": ["B02", "B03", "B04", "B08"], "s1": ["VV", "VH"]}
+    m = tiny(modalities=mods, in_chans=3)  # timm's default in_chans: the first modality
+    assert m.input_modality == "s2" and m.modalities["s2"] == ("B02", "B03", "B04", "B08")
+    assert tiny(modalities=mods, in_chans=2).input_modality == "s1"
+    with pytest.raises(RSVisionError, match="in_chans=5"):
+        tiny(modalities=mods, in_chans=5)

@@ -23,8 +23,11 @@ Choices made here (not in the paper's text):
 * inputs: a dict ``{modality: (B, bands, H, W)}`` with any non-empty subset of the declared
   modalities, or a plain tensor for ``input_modality`` (``"s2+s1"`` splits the channels in that
   order). ``in_chans`` (which timm passes) picks the first modality with that many bands; when none
-  has it, the first merged modality (``hr``) is redeclared with ``in_chans`` generic bands, so
-  existing single-input tasks with any band count work unchanged;
+  has it and ``modalities`` is the default, the first merged modality (``hr``) is redeclared with
+  ``in_chans`` generic bands, so existing single-input tasks with any band count work unchanged
+  (declared ``modalities`` are never redeclared: a non-matching ``in_chans`` is an error, except
+  timm's default 3, which then means the first modality);
+* ``merge`` (default ``("hr",)`` when ``hr`` is declared, else none): the modalities whose tokens merge 2x2;
 * ``model.aux_loss`` after a forward: the balance loss averaged over the MoE blocks and modalities
   of that forward (add it, scaled, to the task loss).
 
@@ -89,7 +92,7 @@ class SkySenseV2(nn.Module):
         num_experts: int = 8,
         moe_blocks: int = 6,
         modalities: Optional[Mapping[str, Sequence[str]]] = None,
-        merge: Sequence[str] = ("hr",),
+        merge: Optional[Sequence[str]] = None,
         patch_size: int = 4,
         in_chans: Optional[int] = None,
         input_modality: Optional[str] = None,
@@ -106,11 +109,13 @@ class SkySenseV2(nn.Module):
         mods = {str(k): tuple(str(b) for b in v) for k, v in (modalities or DEFAULT_MODALITIES).items()}
         if not mods or any(not b for b in mods.values()):
             raise ConfigError(f"skysense_v2: every modality needs at least one band, got {mods}")
+        if merge is None:  # the paper: high-resolution optical tokens merge, S2 / S1 keep their grid
+            merge = ("hr",) if "hr" in mods else ()
         unknown = [m for m in merge if m not in mods]
         if unknown:
             raise ConfigError(f"skysense_v2: merge names unknown modalities {unknown}; declared: {sorted(mods)}")
         self.merge = tuple(merge)
-        self.input_modality = self._pick_input(mods, in_chans, input_modality)
+        self.input_modality = self._pick_input(mods, in_chans, input_modality, explicit=modalities is not None)
         self.modalities = mods
         self.depths, self.num_stages = list(depths), len(depths)
         self.embed_dims = [embed_dim * 2 ** i for i in range(self.num_stages)]
@@ -145,7 +150,8 @@ class SkySenseV2(nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
 
     # -- configuration -----------------------------------------------------------------------
-    def _pick_input(self, mods: dict[str, tuple[str, ...]], in_chans: Optional[int], name: Optional[str]) -> str:
+    def _pick_input(self, mods: dict[str, tuple[str, ...]], in_chans: Optional[int], name: Optional[str],
+                    explicit: bool) -> str:
         if name is not None:
             parts = name.split("+")
             if any(p not in mods for p in parts):
@@ -161,6 +167,11 @@ class SkySenseV2(nn.Module):
         match = [m for m, b in mods.items() if len(b) == in_chans]
         if match:
             return match[0]
+        if explicit:  # declared bands are never replaced; 3 is what timm passes when nobody asked
+            if in_chans == 3:
+                return next(iter(mods))
+            raise ConfigError(f"skysense_v2: no declared modality has in_chans={in_chans} bands: "
+                              f"{ {m: len(b) for m, b in mods.items()} }")
         target = self.merge[0] if self.merge else next(iter(mods))
         mods[target] = tuple(f"band_{i + 1}" for i in range(in_chans))
         return target
