@@ -8,8 +8,9 @@ the scenes earlier runs did as well:
   without georeference have no map coordinates and are left out of it (counted); and the DOTA
   ``Task1_<class>.txt`` files, the scenes' lines one scene after the other;
 - masks (``segment``, ``change``): a VRT mosaic per CRS, ``masks.vrt`` when every mask shares one
-  (the usual case: tiles of one grid), else ``masks_<EPSG-code>.vrt`` per CRS, since a mosaic of
-  masks in different CRSs would have to resample them (the per-scene GeoTIFFs stay exact);
+  (the usual case: tiles of one grid), else one ``masks_EPSG-<code>.vrt`` per CRS (``masks_crs<i>.vrt``
+  without an EPSG code): one mosaic of masks in different CRSs would have to warp (resample) them,
+  and class masks should stay exact (the per-scene GeoTIFFs are);
 - classifications (``classify``): ``predictions.json`` / ``predictions.csv`` of every image.
 """
 from __future__ import annotations
@@ -69,12 +70,11 @@ def _mosaics(masks: Sequence[Path], out: Path) -> list[str]:
 
     from rsvision.data.vrt import mosaic_vrt
 
-    groups: dict[str, list[Path]] = {}
+    groups: dict[Any, list[Path]] = {}
     for m in masks:
         with rasterio.open(m) as ds:
-            key = ds.crs.to_string() if ds.crs is not None else "none"
-        groups.setdefault(key, []).append(m)
+            groups.setdefault(ds.crs, []).append(m)
     if len(groups) == 1:
         return [str(mosaic_vrt(masks, out / "masks.vrt"))]
-    return [str(mosaic_vrt(g, out / f"masks_{key.replace(':', '-').replace(' ', '_')[:40]}.vrt"))
-            for key, g in groups.items()]
+    names = [f"EPSG-{c.to_epsg()}" if c is not None and c.to_epsg() else f"crs{i}" for i, c in enumerate(groups)]
+    return [str(mosaic_vrt(g, out / f"masks_{name}.vrt")) for name, g in zip(names, groups.values())]
