@@ -430,6 +430,7 @@ def test_page_in_headless_chromium(viewer_dir, tmp_path):
             plane, ship = (tuple(page.evaluate(f"rsvClassColor({i})")) for i in (0, 1))
             assert [plane, ship] == class_colors(2)
             before = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+            Image.fromarray(before).save(tmp_path / "before.png")
             legend = page.inner_text("#layer-controls")
             assert "water" in legend and "building" in legend and "plane (2)" in legend
             n_req = page.evaluate("window.__rsv.requests")
@@ -450,3 +451,40 @@ def test_page_in_headless_chromium(viewer_dir, tmp_path):
     assert p1 < 0.05 * p0 and s1 > 0.8 * s0, (p0, p1, s0, s1)  # plane toggled off, ship kept
     water = np.array([30, 157, 30])  # the mask's green at 50 % over the grey scene (60, 60, 60)
     assert _near(before[map_part], water, tol=20) > 2000
+
+
+def _vrt(path, source, relative, w=64, h=64):
+    path.write_text(
+        f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="{int(relative)}">{source}</SourceFilename><SourceBand>1</SourceBand>'
+        f'</SimpleSource></VRTRasterBand></VRTDataset>')
+
+
+def test_batch_predict_folder_one_layer_per_scene(tmp_path):
+    """A batch-predict layout (rsvision.tasks.batch): the merged GeoParquet stands for the per-scene
+    GeoJSON / GeoParquet / Task1 copies; a masks VRT inside PATH is a mask view, one reading outside is not."""
+    b = tmp_path / "batch"
+    (b / "s1").mkdir(parents=True)
+    (b / "batch.json").write_text("{}")
+    gdf = _geoparquet(b / "detections.parquet", n=90)
+    gdf["scene"] = ["s1" if i % 3 else "s2" for i in range(len(gdf))]
+    gdf.to_parquet(b / "detections.parquet")
+    gdf[gdf["scene"] == "s1"].to_parquet(b / "s1" / "detections.parquet")
+    write_geojson(np.asarray([_box(10, 10, 5, 5)]), [{"class": "ship", "score": 0.5}],
+                  from_bounds(*_scene_extent(), 64, 64), "EPSG:3857", b / "s1" / "s1.geojson")
+    for d in (b, b / "s1"):
+        (d / "Task1_ship.txt").write_text("s1 0.5 0 0 4 0 4 4 0 4\n")
+    _write_tif(b / "s1" / "s1_mask.tif", np.ones((1, 64, 64), np.uint8), bounds=_scene_extent())
+    _vrt(b / "masks.vrt", "s1/s1_mask.tif", True)
+    outside = tmp_path / "outside.tif"
+    _write_tif(outside, np.ones((1, 64, 64), np.uint8), bounds=_scene_extent())
+    _vrt(b / "evil.vrt", str(outside), False)
+    _vrt(b / "evil2.vrt", "../outside.tif", True)
+    cat = TestClient(create_app(b, cache_dir=tmp_path / "cache")).get("/api/catalog").json()
+    layers = sorted(x["name"] for v in cat["views"] for x in v["vectors"])
+    assert layers == ["detections.parquet [s1]", "detections.parquet [s2]"]
+    masks = sorted(m["rel"] for v in cat["views"] for m in v["masks"])
+    assert masks == ["masks.vrt", "s1/s1_mask.tif"] and "evil" not in json.dumps(cat)
+    c = TestClient(create_app(b, cache_dir=tmp_path / "cache"))
+    vid = next(x["id"] for v in cat["views"] for x in v["vectors"] if x["name"].endswith("[s2]"))
+    assert c.get(f"/api/vectors/{vid}").json()["total"] == int((gdf["scene"] == "s2").sum())

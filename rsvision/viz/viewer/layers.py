@@ -135,7 +135,8 @@ def _probe_raster(path: Path, rel: str, rid: str) -> Raster | None:
                 bands = [i for i in range(1, ds.count + 1) if i not in alpha]
                 integer = np.issubdtype(np.dtype(ds.dtypes[0]), np.integer)
                 is_mask = (len(bands) == 1 and integer and ("CLASSES" in tags or cmap is not None
-                                                             or path.stem.endswith(MASK_SUFFIXES)))
+                                                             or path.stem.endswith(MASK_SUFFIXES)
+                                                             or path.stem.startswith("masks")))  # batch mosaics
                 georef = ds.crs is not None
                 r = Raster(rid, path, rel, "mask" if is_mask else "scene", ds.width, ds.height, len(bands),
                            ds.dtypes[0], georef, ds.driver, ds.nodata,
@@ -238,6 +239,8 @@ class Catalog:
             if ext == ".ckpt":
                 self.checkpoints.append(f)
             elif ext in RASTER_EXT:
+                if ext == ".vrt" and not _vrt_inside(f, self.root):
+                    continue  # a VRT reading files outside PATH would serve them
                 if f.name in PICTURE_NAMES or f.stem.endswith(PICTURE_SUFFIXES) or (in_run and ext == ".png"):
                     self.pictures.append(rel)
                     continue
@@ -281,6 +284,20 @@ class Catalog:
                 rel = folder.relative_to(self.root).as_posix() if folder != self.root else "."
                 self.vectors[vid] = VectorSource(vid, folder, f"{rel}/Task1_*.txt", "task1", image_id, key=image_id,
                                                  files=sorted(fs))
+        self._drop_batch_duplicates()
+
+    def _drop_batch_duplicates(self) -> None:
+        """A batch-predict folder (``batch.json`` + merged ``detections.parquet``) holds each scene's
+        detections four times (scene GeoJSON, scene GeoParquet, merged GeoParquet, merged Task1): the
+        merged GeoParquet, one layer per scene, stands for them all."""
+        batches = {v.path.parent for v in self.vectors.values()
+                   if v.fmt == "parquet" and (v.path.parent / "batch.json").is_file()}
+        for vid, v in list(self.vectors.items()):
+            b = next((d for d in batches if d in v.path.parents or v.path == d), None)
+            if b is None or v.role == "mask polygons" or (v.fmt == "parquet" and v.path.parent == b):
+                continue
+            if v.fmt in ("geojson", "parquet", "task1"):
+                del self.vectors[vid]
 
     def _group(self) -> None:
         scenes = [r for r in self.rasters.values() if r.kind == "scene"]
@@ -355,6 +372,24 @@ class Catalog:
                 "runs": [{k: r[k] for k in ("id", "rel", "files")} for r in self.runs.values()],
                 "evals": [{k: e[k] for k in ("id", "rel", "task")} for e in self.evals.values()],
                 "pictures": sorted(self.pictures)}
+
+
+def _vrt_inside(path: Path, root: Path) -> bool:
+    """Every source file a VRT names resolves under ``root`` (relative names against the VRT's folder)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError):
+        return False
+    for el in tree.iter("SourceFilename"):
+        name = (el.text or "").strip()
+        if not name or name.startswith("/vsi") or "://" in name:
+            return False
+        p = (path.parent / name) if el.get("relativeToVRT") == "1" else Path(name)
+        if not p.resolve().is_relative_to(root):
+            return False
+    return True
 
 
 def _parquet_scenes(path: Path) -> list[str]:

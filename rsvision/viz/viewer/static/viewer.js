@@ -78,7 +78,7 @@ function openView(v) {
   window.__rsv.ready = false; window.__rsv.tiles = 0; window.__rsv.drawn = {};
   $("panel").hidden = true;
   const b = v.base;
-  const opts = { preferCanvas: true, attributionControl: !!S.cat.basemap };
+  const opts = { preferCanvas: true, attributionControl: !!S.cat.basemap, fadeAnimation: false };  // tiles shown as loaded
   if (!v.georef) Object.assign(opts, { crs: L.CRS.Simple, minZoom: -8, maxZoom: 6 });
   else Object.assign(opts, { maxZoom: 22 });
   S.map = L.map("map", opts);
