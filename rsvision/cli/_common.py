@@ -23,7 +23,7 @@ Config layout shared by every task (YAML sections map onto dataclasses)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Mapping, Optional
+from typing import Annotated, Any, Iterable, Mapping, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -164,18 +164,20 @@ def train_overrides(set_: Iterable[str] | None = None, **cli: Any) -> dict[str, 
     return out
 
 
-def train_command(config_class: str, help: str, defaults: Mapping[str, Any] | None = None):
+def train_command(config_class: str, help: str, defaults: Mapping[str, Any] | None = None,
+                  presets: Sequence[str] = ()):
     """The ``<task> train`` command, the same options for every task (CONVENTIONS "CLI").
 
     ``config_class`` is ``"module:Class"`` of the task's config dataclass, imported only when the
-    command runs (``rsvision --help`` stays light). ``defaults`` sit under the YAML file.
+    command runs (``rsvision --help`` stays light). ``defaults`` sit under the YAML file. ``presets``:
+    the task's ``model.preset`` names, offered as ``--preset`` (only tasks that have them show it).
     """
 
     def train(
         config: ConfigOpt = None, data: DataOpt = None, model: ModelOpt = None, img_size: ImgSizeOpt = None,
         epochs: EpochsOpt = None, batch_size: BatchSizeOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
         pretrained: PretrainedOpt = None, device: DeviceOpt = None, precision: PrecisionOpt = None,
-        seed: SeedOpt = None, max_time: MaxTimeOpt = None, set_: SetOpt = None,
+        seed: SeedOpt = None, max_time: MaxTimeOpt = None, set_: SetOpt = None, preset: str | None = None,
     ) -> None:
         import importlib
 
@@ -188,6 +190,8 @@ def train_command(config_class: str, help: str, defaults: Mapping[str, Any] | No
         overrides = train_overrides(set_=set_, data=data, model=model, img_size=img_size, epochs=epochs,
                                     batch_size=batch_size, out=out, resume=resume, pretrained=pretrained,
                                     device=device, precision=precision, seed=seed, max_time=max_time)
+        if preset is not None:
+            overrides["model.preset"] = preset
         cfg = load_config(config, cls, overrides, defaults=defaults)
         where = getattr(cfg.data, "root", None) or getattr(cfg.data, "csv", None) or getattr(cfg.data, "train_dir", None)
         console.print(f"[bold]training[/] {cfg.model.name} on {where} -> {cfg.trainer.out}")
@@ -196,6 +200,17 @@ def train_command(config_class: str, help: str, defaults: Mapping[str, Any] | No
             report_run(result)
 
     train.__doc__ = help
+    import inspect
+
+    sig = inspect.signature(train, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.name != "preset"]
+    del train.__annotations__["preset"]
+    if presets:
+        opt = typer.Option("--preset", help=f"Model size preset: {' | '.join(presets)} (explicit widths win).")
+        train.__annotations__["preset"] = Annotated[Optional[str], opt]
+        params.append(inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=train.__annotations__["preset"]))
+    train.__signature__ = sig.replace(parameters=params)  # what Typer reads: --preset only where it means something
     return train
 
 

@@ -58,7 +58,8 @@ def _load(checkpoint: Path, device: str):
 
 app.command()(train_command(
     "rsvision.tasks.detection:DetectConfig",
-    "Train a rotated detector (resumable with --resume); writes best.ckpt / last.ckpt / metrics to --out."))
+    "Train a rotated detector (resumable with --resume); writes best.ckpt / last.ckpt / metrics to --out.",
+    presets=("tiny", "small", "published")))
 
 
 def print_detect_metrics(res: dict, title: str = "DOTA evaluation") -> None:

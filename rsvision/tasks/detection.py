@@ -74,18 +74,47 @@ def evaluate_detections(dets: dict[str, list], gts: dict[str, dict], class_names
     return evaluate_polys(det_by_class, gt_by_image, list(class_names), iou_thr=iou_thr, metric=metric)
 
 
+#: Detector size presets (``model.preset`` / ``detect train --preset``): head widths and proposal counts.
+#: "published" is Oriented R-CNN as the LSKNet / HAKSNet papers train it; "small" and "tiny" trade
+#: accuracy for speed (the FPN's stride-4 3x3 conv and the RPN dominate the FLOPs, see issue 25).
+DETECT_PRESETS: dict[str, dict[str, Any]] = {
+    "published": {"fpn_channels": 256, "fc_channels": 1024, "rpn": {"nms_pre": 2000, "max_per_img": 2000}},
+    "small": {"fpn_channels": 128, "fc_channels": 512, "rpn": {"nms_pre": 1000, "max_per_img": 1000}},
+    "tiny": {"fpn_channels": 64, "fc_channels": 256, "rpn": {"nms_pre": 500, "max_per_img": 300}},
+}
+
+
 @dataclass
 class DetectModelConfig:
-    """The ``model:`` section: backbone name (``--model``), detector type and widths, extra kwargs."""
+    """The ``model:`` section: backbone name (``--model``), detector type and widths, extra kwargs.
+
+    ``preset`` (:data:`DETECT_PRESETS`, default "published") fills the widths and proposal counts a
+    config leaves unset; values given explicitly (``fpn_channels``, ``kwargs.rpn``) win over it.
+    """
 
     name: str = "lsknet_t"
     type: str = "OrientedRCNN"
-    fpn_channels: int = 256
-    fc_channels: int = 1024
+    preset: str | None = None
+    fpn_channels: int | None = None
+    fc_channels: int | None = None
     pretrained: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if (self.preset or "published") not in DETECT_PRESETS:
+            raise ConfigError(f"model.preset (--preset) must be one of {', '.join(DETECT_PRESETS)}, got {self.preset!r}")
+
+    def apply_preset(self) -> "DetectModelConfig":
+        """Fill what the config left unset from the preset (in place: the run's config.yaml shows it)."""
+        p = DETECT_PRESETS[self.preset or "published"]
+        self.preset = self.preset or "published"
+        self.fpn_channels = self.fpn_channels or p["fpn_channels"]
+        self.fc_channels = self.fc_channels or p["fc_channels"]
+        self.kwargs = {**self.kwargs, "rpn": {**p["rpn"], **dict(self.kwargs.get("rpn") or {})}}
+        return self
+
     def build_dict(self) -> dict:
+        self.apply_preset()
         return {"type": self.type, "backbone": self.name, "fpn_channels": self.fpn_channels,
                 "fc_channels": self.fc_channels, **self.kwargs}
 

@@ -138,3 +138,40 @@ def test_demo_detect_smoke(tmp_path):
     assert (tmp_path / "prediction" / "scene.png").is_file()
     gj = json.loads((tmp_path / "prediction" / "scene.geojson").read_text())
     assert gj["crs"]["properties"]["name"].endswith("32633")
+
+
+def test_presets_set_widths_and_proposals_explicit_values_win(tmp_path):
+    from rsvision.cli.detect import app as detect_app  # noqa: F401  (the CLI lists the same names)
+    from rsvision.config import load_config
+    from rsvision.errors import ConfigError
+    from rsvision.tasks.detection import DETECT_PRESETS, DetectConfig
+
+    tiny = load_config(None, DetectConfig, {"model.preset": "tiny"})
+    assert tiny.model.fpn_channels is None  # unset until the preset is applied (build_dict / train)
+    tiny.model.apply_preset()
+    assert (tiny.model.fpn_channels, tiny.model.fc_channels) == (64, 256)
+    assert tiny.model.build_dict()["rpn"] == {"nms_pre": 500, "max_per_img": 300}
+    own = load_config(None, DetectConfig, {"model.preset": "small", "model.fpn_channels": 96,
+                                           "model.kwargs": {"rpn": {"max_per_img": 50}}}).model.apply_preset()
+    assert (own.fpn_channels, own.fc_channels) == (96, 512)
+    assert own.build_dict()["rpn"] == {"nms_pre": 1000, "max_per_img": 50}
+    published = load_config(None, DetectConfig, {}).model.apply_preset()
+    assert published.preset == "published" and published.fpn_channels == 256
+    with pytest.raises(ConfigError, match=r"--preset\) must be one of published, small, tiny, got 'huge'"):
+        load_config(None, DetectConfig, {"model.preset": "huge"})
+    help_text = runner.invoke(app, ["detect", "train", "--help"]).output
+    assert all(name in help_text for name in DETECT_PRESETS)
+
+
+def test_train_with_preset(dataset, tmp_path):
+    torch.set_num_threads(1)
+    cfg = {k: v for k, v in TINY_CFG.items()}
+    cfg["model"] = {"name": "lsknet_t", "kwargs": {"backbone_drop_path_rate": 0.0}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = runner.invoke(app, ["detect", "train", "--config", str(tmp_path / "c.yaml"), "--data", str(dataset),
+                            "--epochs", "1", "--preset", "tiny", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert resolved["preset"] == "tiny" and resolved["fpn_channels"] == 64 and resolved["fc_channels"] == 256
+    hp = torch.load(tmp_path / "run" / "best.ckpt", weights_only=True)["hyper_parameters"]["model"]
+    assert hp["fpn_channels"] == 64 and hp["rpn"]["max_per_img"] == 300
