@@ -142,6 +142,7 @@ def resolve_scenes(task_name: str, inputs: Sequence[str | Path], vrt_dir: str | 
 # --- the worker side ------------------------------------------------------------------------------------
 _TASKS: dict[tuple[str, str], Any] = {}  # (checkpoint sha256, device) -> loaded task, per worker process
 _LOCK = threading.Lock()
+KEEP_TASKS = 2
 LOADS: dict[str, int] = {}  # checkpoint sha256 -> model loads in this process (one per worker, tests check)
 
 
@@ -164,6 +165,8 @@ def worker_task(checkpoint: str, sha256: str, device: str = "cpu", threads: int 
                 raise CheckpointError("checkpoint on this worker differs from the client's (sha256)", path=checkpoint)
             from rsvision.tasks.base import load_task
 
+            while len(_TASKS) >= KEEP_TASKS:  # long-lived workers serve many runs: keep the newest few
+                _TASKS.pop(next(iter(_TASKS)))
             _TASKS[key] = load_task(checkpoint, device)
             LOADS[sha256] = LOADS.get(sha256, 0) + 1
         return _TASKS[key]

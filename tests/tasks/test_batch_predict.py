@@ -347,3 +347,36 @@ def test_cli_connects_to_a_scheduler_reports_failed_scenes_and_exits_1(world, cl
                                  "--out", str(tmp_path / "out2"), "--cluster", address])
     assert r.exit_code != 0 and "segment checkpoint, not detect" in str(r.exception or r.output)
     assert not (tmp_path / "out2").exists()  # refused before any work
+
+
+@pytest.mark.slow  # ~20-40 s: a scheduler and two worker processes started from the command line
+def test_dask_scheduler_and_workers_from_the_command_line(world, tmp_path):
+    """The README's connect-to-a-cluster recipe: ``dask scheduler`` + ``dask worker --nthreads 1``, then
+    ``predict_many(cluster="tcp://...")``: both workers used, one model load each, torch threads cores // 2."""
+    sched = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--scheduler-file", str(sched),
+                               "--no-dashboard", "--host", "127.0.0.1", "--port", "0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        t0 = time.time()
+        while not sched.exists() and time.time() - t0 < 60:
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", "--scheduler-file", str(sched),
+                                       "--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+        address = json.loads(sched.read_text())["address"]
+        from distributed import Client
+
+        with Client(address) as c:
+            c.wait_for_workers(2, timeout=120)
+        res = predict_many(world["ckpt"]["det"], [world["scenes"]], tmp_path / "out", cluster=address, png=False)
+        assert len(res.done) == len(GRID) and res.workers == 2
+        man = _manifests(tmp_path / "out")
+        _one_load_per_worker(man.values())
+        assert {m["worker"]["threads"] for m in man.values()} == {max(1, (os.cpu_count() or 1) // 2)}
+    finally:
+        for p in procs[::-1]:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=60)
