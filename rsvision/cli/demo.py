@@ -8,7 +8,6 @@ small LSKNet-T Oriented R-CNN on synthetic oriented objects and predicts a held-
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,8 +21,20 @@ app = typer.Typer(help="End-to-end demos on generated data (no download needed).
 #: name of the subcommand ``rsvision demo`` runs when none is given (the README's main job)
 DEFAULT_DEMO = "detect"
 
-DemoOutOpt = Annotated[Optional[Path], typer.Option("--out", help="Where to write data and the run (default: a temp dir).")]
+DemoOutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", help="Where to write data and the run (default: ./rsvision-demo, or -2, -3 ... when that holds one).")]
 ViewOpt = Annotated[bool, typer.Option("--view", help="Then open the outputs in the local web viewer (rsvision view).")]
+
+
+def demo_dir(out: Path | None) -> Path:
+    """``--out``, else the first free ``./rsvision-demo[-N]``: a rerun never overwrites an earlier demo, and
+    nothing is left hidden in the system's temp folder. Announced before any work."""
+    base, n = Path(out) if out is not None else Path("rsvision-demo"), 1
+    while out is None and base.exists() and any(base.iterdir()):
+        n += 1
+        base = Path(f"rsvision-demo-{n}")
+    console.print(f"demo outputs in [bold]{base.resolve()}[/]", soft_wrap=True)
+    return base
 
 
 def register(root: typer.Typer) -> None:
@@ -55,7 +66,7 @@ def classify(
     from rsvision.tasks import load_task, predict, train
     from rsvision.tasks.classification import ClassifyConfig
 
-    base = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="rsvision-demo-"))
+    base = demo_dir(out)
     data, run = base / "scenes", base / "run"
     t0 = time.time()
     if not data.exists():
@@ -109,7 +120,7 @@ def detect(
     from rsvision.cli.detect import print_detect_metrics
     from rsvision.tasks.detect_demo import run_detect_demo
 
-    base = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="rsvision-demo-"))
+    base = demo_dir(out)
     t0 = time.time()
     res = run_detect_demo(base, minutes=minutes, train_images=train_images, scene_size=scene_size, threads=threads,
                           console=console)

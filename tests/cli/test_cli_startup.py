@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("torch", "timm", "lightning", "rasterio", "torchvision", "matplotlib", "geopandas", "dask")
 
@@ -64,3 +65,15 @@ def test_library_messages_on_stdout_and_lightning_quiet_unless_verbose(capsys):
         assert logging.getLogger("rsvision").isEnabledFor(logging.DEBUG)
     finally:
         runner.invoke(app, ["weights", "list"])  # leave the default levels for the tests that follow
+
+
+def test_demo_writes_into_the_working_folder_and_never_over_an_earlier_demo(tmp_path, monkeypatch):
+    from rsvision.cli.demo import demo_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert demo_dir(None) == Path("rsvision-demo")
+    Path("rsvision-demo").mkdir()
+    assert demo_dir(None) == Path("rsvision-demo")  # empty: reused
+    (Path("rsvision-demo") / "run").mkdir()
+    assert demo_dir(None) == Path("rsvision-demo-2")
+    assert demo_dir(tmp_path / "mine") == tmp_path / "mine"
