@@ -92,8 +92,8 @@ def stack_vrt(sources: Sequence[tuple[str, int | None]], path: str | Path, names
     for href, band, w, h, c, _t, b, count, dts, nds in opened:
         if c != crs or max(abs(b.left - bounds.left), abs(b.right - bounds.right), abs(b.top - bounds.top),
                            abs(b.bottom - bounds.bottom)) > tol:
-            raise DataError(f"asset does not cover the same grid as {opened[0][0]} (CRS {c} vs {crs}, bounds {tuple(b)} "
-                            f"vs {tuple(bounds)}); stack only assets of one footprint", path=href)
+            raise DataError(f"asset does not cover the same grid as {opened[0][0]} (CRS {c} vs {crs}, bounds "
+                            f"{tuple(b)} vs {tuple(bounds)}); stack only assets of one footprint", path=href)
         idx = list(range(1, count + 1)) if band is None else [int(band)]
         if max(idx) > count:
             raise DataError(f"asset has {count} band(s), band {max(idx)} asked for", path=href)
@@ -137,7 +137,8 @@ def mosaic_vrt(masks: Sequence[str | Path], path: str | Path, nodata: int = 255)
     crs = infos[0][3]
     other = [m for m, *_rest in infos if _rest[2] != crs]
     if other:
-        raise DataError(f"masks in different CRSs cannot share one mosaic ({crs} vs others: {other[:3]})", path=str(path))
+        raise DataError(f"masks in different CRSs cannot share one mosaic ({crs} vs others: {other[:3]})",
+                        path=str(path))
     rx, ry = min(i[5] for i in infos), min(i[6] for i in infos)
     left, top = min(i[4].left for i in infos), max(i[4].top for i in infos)
     right, bottom = max(i[4].right for i in infos), min(i[4].bottom for i in infos)

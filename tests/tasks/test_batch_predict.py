@@ -146,8 +146,9 @@ def _catalog(world, root: Path) -> Path:
         bbox = [x0, 5000000 - H, x0 + W, 5000000]
         item = pystac.Item(f"item{i}", geometry=None, bbox=None, datetime=datetime(2024, 1, 1), properties={})
         for b, (name, eo) in enumerate((("red", "B04"), ("green", "B03"), ("blue", "B02"))):
+            bands = {"eo:bands": [{"name": eo, "common_name": name}]}
             item.add_asset(eo, pystac.Asset(str(world["bands"] / f"s{i}_{name}.tif"), media_type=pystac.MediaType.COG,
-                                            roles=["data"], extra_fields={"eo:bands": [{"name": eo, "common_name": name}]}))
+                                            roles=["data"], extra_fields=bands))
         item.add_asset("visual", pystac.Asset(str(world["scenes"] / f"s{i}.tif"), media_type=pystac.MediaType.GEOTIFF,
                                               roles=["visual"]))
         item.properties["proj:bbox"] = bbox
