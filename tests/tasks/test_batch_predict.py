@@ -381,3 +381,25 @@ def test_dask_scheduler_and_workers_from_the_command_line(world, tmp_path):
         for p in procs[::-1]:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=60)
+
+
+def test_stack_vrt_resamples_a_coarser_band_and_refuses_another_footprint(tmp_path):
+    """Sentinel-2 style: a 2 m band beside 1 m bands of the same footprint is resampled onto the 1 m grid;
+    a band of another footprint is refused naming it."""
+    from rsvision.data.vrt import stack_vrt
+    from rsvision.errors import DataError
+
+    fine = (np.arange(H * W, dtype=np.uint16).reshape(1, H, W) % 1000)
+    _write(tmp_path / "b1.tif", fine, "EPSG:32632", 500000.0)
+    coarse = np.full((1, H // 2, W // 2), 7, np.uint16)
+    with rasterio.open(tmp_path / "b2.tif", "w", driver="GTiff", width=W // 2, height=H // 2, count=1, dtype="uint16",
+                       crs="EPSG:32632", transform=from_origin(500000.0, 5000000, 2, 2)) as ds:
+        ds.write(coarse)
+    v = stack_vrt([(str(tmp_path / "b1.tif"), None), (str(tmp_path / "b2.tif"), 1)], tmp_path / "s.vrt", ["b1", "b2"])
+    with rasterio.open(v) as ds:
+        assert (ds.count, ds.width, ds.height) == (2, W, H) and ds.descriptions == ("b1", "b2")
+        np.testing.assert_array_equal(ds.read(1), fine[0])
+        np.testing.assert_array_equal(ds.read(2), 7)
+    _write(tmp_path / "elsewhere.tif", fine, "EPSG:32632", 600000.0)
+    with pytest.raises(DataError, match="elsewhere.tif"):
+        stack_vrt([(str(tmp_path / "b1.tif"), None), (str(tmp_path / "elsewhere.tif"), None)], tmp_path / "x.vrt")
