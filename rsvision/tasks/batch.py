@@ -362,6 +362,7 @@ def predict_many(checkpoint: str | Path, inputs: Sequence[str | Path], out: str 
     sha = file_sha256(ckpt)
     for k in ("progress", "exist_ok"):
         predict_kwargs.pop(k, None)  # workers draw no bars; scene folders are ours to rewrite
+    _check_options(task_name, predict_kwargs)
     options = to_plain(predict_kwargs)
     out = Path(out)
     t0 = time.time()
@@ -383,6 +384,21 @@ def predict_many(checkpoint: str | Path, inputs: Sequence[str | Path], out: str 
         res.outputs = merge_results(task_name, out, [m for m in manifests if m.get("status") == "done"], hp, crs)
         write_json(res.summary(), out / "summary.json")
     return res
+
+
+def _check_options(task_name: str, options: dict) -> None:
+    """Options the task's ``predict`` does not take fail here, not once per scene on the workers."""
+    import inspect
+
+    from rsvision.tasks.base import task_class
+
+    params = inspect.signature(task_class(task_name).predict).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(options) - set(params) - {"self", "inputs", "out"})
+    if unknown or {"inputs", "out"} & set(options):
+        raise ConfigError(f"{task_name} predict takes no option(s) {', '.join(unknown or ['inputs', 'out'])}; "
+                          f"it takes {', '.join(k for k in params if k not in ('self', 'inputs', 'out'))}")
 
 
 def _run(todo: list[Scene], ckpt: str, sha: str, out: Path, options: dict, device: str, cluster: Any,

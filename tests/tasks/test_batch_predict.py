@@ -260,6 +260,9 @@ def test_inputs_lists_options_and_cluster_spec(world, tmp_path):
     assert [s.id for s in scenes] == ["s1", "s0"]
     with pytest.raises(ConfigError, match="--assets"):
         resolve_scenes("detect", [lst], tmp_path, assets=["red"])
+    with pytest.raises(ConfigError, match="score_tr"):  # a typo fails before any work, not once per scene
+        predict_many(world["ckpt"]["det"], [lst], tmp_path / "typo", cluster="local:1", score_tr=0.5)
+    assert not (tmp_path / "typo").exists()
     for bad in ("local:0", "locale", "local:x", 3):
         with pytest.raises(ConfigError):
             parse_cluster(bad)
