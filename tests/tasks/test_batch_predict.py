@@ -238,6 +238,10 @@ def test_stac_item_collection_and_collection_files(world, tmp_path):
     items = list(pystac.Catalog.from_file(str(catalog)).get_items(recursive=True))
     ic = tmp_path / "items.json"
     pystac.ItemCollection(items[:2]).save_object(dest_href=str(ic))
+    from rsvision.cli._batch import wants_batch
+
+    assert wants_batch(None, [str(ic)]) and wants_batch(None, [str(catalog)])  # STAC inputs go through Dask
+    assert not wants_batch(None, [str(world["scenes"] / "s0.tif")]) and wants_batch("local:2", ["x.tif"])
     scenes = resolve_scenes("detect", [ic], tmp_path / "vrt", ["blue", "green", "red"])
     assert [s.id for s in scenes] == ["item0", "item1"] and scenes[0].stac["assets"] == ["B02", "B03", "B04"]
     with rasterio.open(scenes[0].inputs[0]) as v, rasterio.open(world["scenes"] / "s0.tif") as ref:
