@@ -239,6 +239,15 @@ def test_features_only_through_timm_and_a_segmentor():
                        "decoder": "upernet", "channels": 16})
     with torch.no_grad():
         assert seg(torch.randn(1, 2, 64, 64)).shape == (1, 4, 64, 64)
+    change = build_model({"type": "SiameseChange", "backbone": "skysense_v2_tiny", "num_classes": 2, "in_chans": 3,
+                          "channels": 16})
+    det = build_model({"type": "OrientedRCNN", "backbone": "skysense_v2_tiny", "num_classes": 2, "fpn_channels": 16,
+                       "fc_channels": 32, "rpn": {"nms_pre": 50, "max_per_img": 20}, "rcnn": {"max_per_img": 10}}).eval()
+    with torch.no_grad():
+        assert change(torch.randn(1, 2, 3, 64, 64)).shape == (1, 2, 64, 64)
+        assert set(det(torch.randn(1, 3, 64, 64))[0]) >= {"boxes", "scores", "labels"}
+    part = timm.create_model("skysense_v2_tiny", features_only=True, out_indices=(1, 2))
+    assert part.feature_info.reduction() == [8, 16] and len(part.model.stages) == 3  # stage 4 pruned
 
 
 def test_checkpoint_round_trip(tmp_path):
