@@ -29,6 +29,7 @@ from PIL import Image  # noqa: E402
 from rasterio.transform import from_bounds  # noqa: E402
 
 from rsvision.geo.writers import MaskWriter, class_tags, write_geojson  # noqa: E402
+from rsvision.viz.masks import save_palette_png  # noqa: E402
 from rsvision.viz.viewer.app import create_app  # noqa: E402
 
 Z, TX, TY = 16, 34000, 22000  # the georeferenced scenes are aligned to this Web-Mercator tile (2x2 tiles)
@@ -94,6 +95,9 @@ def viewer_dir(tmp_path):
     plain = _quadrants(256, 256, [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)])
     plain[:, 10, 20] = 7  # one odd pixel: exact pixel addressing
     Image.fromarray(plain.transpose(1, 2, 0)).save(root / "plain.png")
+    pmask = np.zeros((256, 256), np.uint8)
+    pmask[200:] = 1
+    save_palette_png(root / "plain_mask.png", pmask, [[9, 9, 9], [0, 200, 255]])  # as segment predict writes
     (root / "plain_pred").mkdir()
     (root / "plain_pred" / "Task1_ship.txt").write_text("plain 0.75 10 20 50 20 50 40 10 40\nother 0.5 0 0 1 0 1 1 0 1\n")
     run = root / "run"
@@ -140,6 +144,10 @@ def test_catalog_groups_outputs_with_their_scene(client):
     assert v["masks"][0]["classes"] == ["background", "water", "building"] and v["masks"][0]["palette"] == PALETTE
     p = _view(cat, "plain.png")
     assert not p["georef"] and [x["fmt"] for x in p["vectors"]] == ["task1"]
+    (pm,) = p["masks"]  # a palette PNG names no classes: its values, colours from its palette
+    assert pm["classes"] == ["class 0", "class 1"] and pm["palette"] == [[9, 9, 9], [0, 200, 255]]
+    t = _png(c.get(f"/api/masks/{pm['id']}/0/0/0.png"))
+    assert tuple(t[100, 5]) == (9, 9, 9, 255) and tuple(t[220, 5]) == (0, 200, 255, 255)
     assert [r["rel"] for r in cat["runs"]] == ["run"] and [e["task"] for e in cat["evals"]] == ["classify"]
     names = json.dumps(cat)
     assert "secret" not in names and "link" not in names  # symlinks out of PATH are not listed

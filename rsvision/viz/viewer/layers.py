@@ -155,12 +155,20 @@ def _probe_raster(path: Path, rel: str, rid: str) -> Raster | None:
                         r.classes = [str(c) for c in json.loads(tags["CLASSES"])]
                     if "PALETTE" in tags:
                         r.palette = [[int(v) for v in c[:3]] for c in json.loads(tags["PALETTE"])]
-                    elif cmap:
-                        n = len(r.classes) if r.classes else max(k for k, c in cmap.items() if k != 255 and c[3] > 0) + 1
+                    elif cmap:  # a colour table has 256 entries: the classes are the values the mask holds
+                        n = len(r.classes) if r.classes else _max_class(ds) + 1
                         r.palette = [list(cmap.get(i, (0, 0, 0, 0))[:3]) for i in range(n)]
                 return r
     except (RasterioIOError, ValueError, json.JSONDecodeError):
         return None
+
+
+def _max_class(ds) -> int:
+    """The largest class value of a mask (a read of at most 1024 px a side; nodata and 255 ignored)."""
+    s = min(1.0, 1024 / max(ds.width, ds.height))
+    a = ds.read(1, out_shape=(max(1, round(ds.height * s)), max(1, round(ds.width * s))))
+    a = a[(a != 255) & (a != (ds.nodata if ds.nodata is not None else 255))]
+    return int(a.max()) if a.size else 0
 
 
 def _is_feature_collection(path: Path) -> bool:
