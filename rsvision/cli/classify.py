@@ -48,6 +48,8 @@ def eval_(
         "--eval-size", help="Resize each whole image to N px (overrides the checkpoint's eval policy).")] = None,
     cm: Annotated[Optional[Path], typer.Option("--cm", help="Confusion-matrix PNG (default: next to --json, "
                                                            "else next to the checkpoint).")] = None,
+    modalities: Annotated[Optional[str], typer.Option(
+        "--modalities", help="S1 / S2 pair checkpoints: evaluate with only these modalities (e.g. s2).")] = None,
 ) -> None:
     """Evaluate a checkpoint: OA, AA, kappa, per-class accuracy, confusion matrix (PNG, JSON)."""
     from rsvision.errors import ConfigError
@@ -60,7 +62,8 @@ def eval_(
     task = load_task(checkpoint, device or "auto")
     tta = bool(tta)
     metrics = evaluate(task, data, split=split, split_file=split_file, batch_size=batch_size or 32, tta=tta,
-                       eval_size=eval_size, skip_bad=skip_bad, progress=True, fast=fast)
+                       eval_size=eval_size, skip_bad=skip_bad, progress=True, fast=fast,
+                       modalities=[m.strip() for m in modalities.split(",")] if modalities else None)
     metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta,
                    eval_size=eval_size or task.hparams.get("eval_size"))
     print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),

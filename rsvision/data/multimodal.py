@@ -396,11 +396,18 @@ def pairs_datamodule(data, seed: int = 0) -> MultimodalDataModule:
     return dm
 
 
-def pairs_eval_dataset(hp: Mapping, root: str | Path, split: Optional[str] = None) -> MultimodalDataset:
+def pairs_eval_dataset(hp: Mapping, root: str | Path, split: Optional[str] = None,
+                       modalities: Optional[Sequence[str]] = None) -> MultimodalDataset:
     """Evaluation dataset of a pairs folder with a checkpoint's modalities, statistics and image size
-    (``split``: one of the dataset's own splits; default all of it)."""
+    (``split``: one of the dataset's own splits, default all of it; ``modalities``: a subset of the
+    checkpoint's, e.g. S2 only for a model trained on S1 + S2: the missing-modality case)."""
     mods = {m: list(b) for m, b in hp["modalities"].items()}
     mean, std = _split_flat(hp["mean"], mods), _split_flat(hp["std"], mods)
+    if modalities:
+        unknown = [m for m in modalities if m not in mods]
+        if unknown:
+            raise ConfigError(f"--modalities {unknown} are not in the checkpoint's {list(mods)}")
+        mods = {m: mods[m] for m in modalities}
     samples = read_dataset(root)
     if split is not None:
         samples = [s for s in samples if s.split == split]

@@ -375,7 +375,7 @@ class ClassificationTask(BaseTask):
     # --- verbs ------------------------------------------------------------------------------------
     def evaluate(self, data: Any, split: str | None = None, split_file: str | Path | None = None,
                  batch_size: int = 32, tta: bool = False, eval_size: int | None = None, skip_bad: bool = False,
-                 progress: bool = False, fast: bool = True) -> dict[str, Any]:
+                 progress: bool = False, fast: bool = True, modalities: Sequence[str] | None = None) -> dict[str, Any]:
         """Metrics JSON (CONVENTIONS) over ``data``: class folders or a multi-label CSV (optionally one
         ``split`` of ``split_file``, default ``splits.csv`` beside the checkpoint), a dataset or a loader.
 
@@ -388,7 +388,7 @@ class ClassificationTask(BaseTask):
         if isinstance(data, (str, Path)):
             if split is not None and split_file is None and getattr(self, "checkpoint_path", None) is not None:
                 split_file = self.checkpoint_path.parent / "splits.csv"
-            data = eval_dataset(self, data, split_file, split, skip_bad, eval_size)
+            data = eval_dataset(self, data, split_file, split, skip_bad, eval_size, modalities)
         if isinstance(data, Dataset):
             loader = DataLoader(data, batch_size=batch_size)
         net = self.inference_model(fast)
@@ -543,7 +543,8 @@ def _eval_dataset(task: "ClassificationTask", samples, skip_bad: bool = False, e
 
 
 def eval_dataset(task: "ClassificationTask", data: str | Path, split_file: str | Path | None = None,
-                 split: str | None = None, skip_bad: bool = False, eval_size: int | None = None):
+                 split: str | None = None, skip_bad: bool = False, eval_size: int | None = None,
+                 modalities: Sequence[str] | None = None):
     """Dataset of ``data`` (class folders, or a multi-label CSV) with the checkpoint's classes,
     bands, normalisation and resize policy; optionally only ``split`` of ``split_file``.
     ``eval_size`` overrides the checkpoint's (whole image resized to it), e.g. to pick it on val."""
@@ -554,7 +555,7 @@ def eval_dataset(task: "ClassificationTask", data: str | Path, split_file: str |
     if task.hparams.get("modalities"):
         from rsvision.data.multimodal import pairs_eval_dataset
 
-        return pairs_eval_dataset(task.hparams, data, split)
+        return pairs_eval_dataset(task.hparams, data, split, modalities)
     if data.suffix.lower() == ".csv":
         samples, _ = read_multilabel_csv(data, None, task.classes)
         root = data.parent

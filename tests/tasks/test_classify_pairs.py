@@ -44,6 +44,11 @@ def test_train_eval_on_reben_pairs(tmp_path, modalities):
     assert task.model.modalities == {k: tuple(v) for k, v in mods.items()}
     again = evaluate(task, root, split="test")
     assert again["mAP"] == pytest.approx(m["mAP"], abs=1e-6) and again["f1_micro"] == pytest.approx(m["f1_micro"], abs=1e-6)
+    if modalities is None:  # trained on S1 + S2, tested on S2 only (the missing-modality row)
+        s2 = evaluate(task, root, split="test", modalities=["s2"])
+        assert 0 <= s2["mAP"] <= 1 and s2["num_samples"] == 8 and s2["mAP"] != again["mAP"]
+        with pytest.raises(ConfigError, match="hr"):
+            evaluate(task, root, split="test", modalities=["hr"])
 
 
 def test_pairs_refuse_mixing(tmp_path):
