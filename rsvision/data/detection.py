@@ -29,10 +29,23 @@ from rsvision.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionDataset", "collate_detection", "pad_to_multiple", "find_ann_dir", "MIN_BOX_SIZE",
+__all__ = ["DetectionDataset", "collate_detection", "pad_to_multiple", "find_ann_dir", "MIN_BOX_SIZE", "polys_to_boxes",
            "DetectDataConfig", "DetectionDataModule", "resolve_classes"]
 
 MIN_BOX_SIZE = 2.0  # boxes thinner than this (px) are dropped, as MMRotate's poly2obb_np does
+
+
+def polys_to_boxes(polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 8)`` polygons -> ``(K, 5)`` float32 le90 boxes (``rsvision.ops.poly2obb``) and the ``(N,)``
+    bool mask of the K kept: finite and at least ``MIN_BOX_SIZE`` on both sides."""
+    from rsvision.ops import poly2obb
+
+    polys = np.asarray(polys, np.float64).reshape(-1, 8)
+    if len(polys) == 0:
+        return np.zeros((0, 5), np.float32), np.zeros((0,), bool)
+    obb = poly2obb(torch.as_tensor(polys, dtype=torch.float64), "le90").numpy()
+    ok = np.isfinite(obb).all(1) & (obb[:, 2] >= MIN_BOX_SIZE) & (obb[:, 3] >= MIN_BOX_SIZE)
+    return obb[ok].astype(np.float32), ok
 
 
 def find_ann_dir(root: str | Path) -> Path | None:
@@ -127,14 +140,11 @@ class DetectionDataset(Dataset):
 
     @staticmethod
     def _to_boxes(polys: np.ndarray, names: list[str], diff: np.ndarray, idx: dict[str, int]):
-        from rsvision.ops import poly2obb
-
         if len(polys) == 0:
             return np.zeros((0, 5), np.float32), np.zeros((0,), np.int64), np.zeros((0,), np.int64)
-        obb = poly2obb(torch.as_tensor(polys, dtype=torch.float64), "le90").numpy()
-        ok = np.isfinite(obb).all(1) & (obb[:, 2] >= MIN_BOX_SIZE) & (obb[:, 3] >= MIN_BOX_SIZE)
+        boxes, ok = polys_to_boxes(polys)
         labels = np.array([idx[n] for n in names], dtype=np.int64)
-        return obb[ok].astype(np.float32), labels[ok], diff[ok]
+        return boxes, labels[ok], diff[ok]
 
     def __len__(self) -> int:
         return len(self.items)
