@@ -1,6 +1,6 @@
-"""``rsvision pretrain ssl``: self-supervised pretraining (thin layer over rsvision.tasks.ssl).
+"""``rsvision pretrain ssl|mtp``: self-supervised and multi-task pretraining (thin layers over rsvision.tasks).
 
-Other pretraining recipes (e.g. ``pretrain mtp``) add their command to the same ``app``.
+``pretrain mtp`` (multi-task pretraining, rsvision.tasks.mtp) is the second command of the same ``app``.
 """
 from __future__ import annotations
 
@@ -19,3 +19,9 @@ app.command("ssl")(train_command(
     "rsvision.tasks.ssl:SSLConfig",
     "Self-supervised SkySense V2 pretraining on S1 / S2 data (multi-crop contrast + QSACL, EMA teacher, MoE "
     "balance loss) into a run directory (best/last.ckpt, encoder.pth, config.yaml, metrics.csv)."))
+
+app.command("mtp")(train_command(
+    "rsvision.tasks.mtp:MTPConfig",
+    "Multi-task pretraining (MTP): one encoder trained by semantic segmentation and rotated detection on "
+    "multi-task data (SAMRS, or DOTA / DIOR-R / iSAID converted) into a run directory (best/last.ckpt, "
+    "encoder.pth, config.yaml, metrics.csv).", presets=("tiny", "small", "published")))

@@ -28,7 +28,7 @@ from rsvision.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PolygonReader", "SAMRSReader", "ISAIDReader", "open_reader", "FORMATS"]
+__all__ = ["PolygonReader", "SAMRSReader", "ISAIDReader", "open_reader", "detect_format", "FORMATS"]
 
 
 def _rgb(img: np.ndarray, path: Path) -> np.ndarray:
@@ -235,3 +235,18 @@ def open_reader(spec: dict[str, Any]) -> Any:
     except TypeError as exc:
         raise ConfigError(f"bad options for a {fmt} dataset: {exc}") from exc
     raise ConfigError(f"unknown multi-task data format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def detect_format(folder: str | Path) -> dict[str, Any]:
+    """The reader spec of a dataset folder, from its layout (for ``data.root`` holding several datasets)."""
+    d = Path(folder)
+    if (d / "labelTxt").is_dir() or (d / "annfiles").is_dir():
+        return {"format": "dota", "root": str(d)}
+    if (d / "Annotations" / "Oriented Bounding Boxes").is_dir():
+        return {"format": "dior", "root": str(d)}
+    if (d / "instances.json").is_file():
+        return {"format": "samrs", "root": str(d), "ann_file": "instances.json"}
+    if (d / "images").is_dir() and (d / "masks").is_dir():
+        return {"format": "isaid", "root": str(d)}
+    raise DataError("not a multi-task dataset folder (labelTxt/, Annotations/Oriented Bounding Boxes/, "
+                    "instances.json or images/ + masks/)", path=d)

@@ -138,12 +138,21 @@ class OrientedRCNN(nn.Module):
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses in training mode (``targets`` required), detections in eval mode."""
         sizes = self._image_sizes(images, image_sizes, targets)
-        feats = self.extract_feat(images)
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        return self.decode(self.extract_feat(images), sizes, targets if self.training else None)
+
+    def decode(self, feats: list[Tensor], image_sizes: Sequence[Sequence[int]],
+               targets: Sequence[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """RPN + RoI head on FPN maps (:meth:`extract_feat`): losses with ``targets``, else detections.
+
+        Separate so that multi-task pretraining can run the heads on features encoded once for
+        several decoders; ``image_sizes`` are the unpadded (h, w) per image.
+        """
+        sizes = [(int(s[0]), int(s[1])) for s in image_sizes]
         cls_scores, bbox_preds = self.rpn_head(feats)
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            gt_boxes, gt_labels = self._clean_targets(targets, images.device)
+        if targets is not None:
+            gt_boxes, gt_labels = self._clean_targets(targets, feats[0].device)
             losses = self.rpn_head.loss(cls_scores, bbox_preds, gt_boxes, sizes)
             proposals = self.rpn_head.get_proposals(
                 [c.detach() for c in cls_scores], [b.detach() for b in bbox_preds], sizes
