@@ -18,15 +18,13 @@ objects lying on large ones (vehicles on a bridge, ships in a harbour) stay visi
 to a window when at least ``iof_thr`` of its area lies inside (its box is kept whole, its mask is
 cut by the window); the semantic mask paints every object that touches the window.
 
-Readers of the folder formats are in :mod:`rsvision.data.multitask_readers`.
+Readers of the folder formats and the datamodule are in :mod:`rsvision.data.multitask_readers`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -35,8 +33,7 @@ from rsvision.data.samplers import sample_rng, split_key
 
 __all__ = [
     "polygon_to_mask", "polygons_to_masks", "paint_semantic", "polygons_to_labels", "regions_to_instances",
-    "RawSample", "make_sample", "MultiTaskDataset", "collate_multitask", "dataset_batch_sizes", "MultiTaskDataModule",
-    "IGNORE_INDEX",
+    "RawSample", "make_sample", "MultiTaskDataset", "collate_multitask", "dataset_batch_sizes", "IGNORE_INDEX",
 ]
 
 IGNORE_INDEX = 255
@@ -327,61 +324,3 @@ def dataset_batch_sizes(sizes: dict[str, int], batch_size: int, mode: str = "avg
         return {k: max(1, int(batch_size // len(sizes))) for k in sizes}
     return {k: max(1, int(batch_size * n / max(total, 1))) for k, n in sizes.items()}
 
-
-class MultiTaskDataModule(L.LightningDataModule):
-    """MTP's loaders: one per dataset, zipped (each step takes one batch of every dataset; an epoch ends
-    with the shortest), per-dataset batch sizes by :func:`dataset_batch_sizes`.
-
-    ``datasets``: reader specs (:func:`rsvision.data.multitask_readers.open_reader`), each with a
-    ``name`` (default: its folder's name). Each loader's order comes from a keyed
-    :class:`~rsvision.data.samplers.SeededRandomSampler` of ``(seed, dataset index)``, so a resumed
-    run sees the batches the uninterrupted one saw.
-    """
-
-    def __init__(self, datasets: Sequence[dict[str, Any]], img_size: int = 512, batch_size: int = 8,
-                 batch_mode: str = "avg", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 iof_thr: float = 0.7, flip: bool = True, num_workers: int = 0, seed: int = 0):
-        super().__init__()
-        from rsvision.errors import ConfigError
-
-        if not datasets:
-            raise ConfigError("data.datasets is empty: list the multi-task datasets (or give data.root)")
-        self.specs = [dict(s) for s in datasets]
-        names = [str(s.get("name") or Path(str(s.get("root", f"dataset{i}"))).name) for i, s in enumerate(self.specs)]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"data.datasets: names must be unique, got {names} (set name: for each)")
-        self.names = names
-        self.img_size, self.batch_size, self.batch_mode = int(img_size), int(batch_size), batch_mode
-        self.mean, self.std, self.iof_thr, self.flip = mean, std, iof_thr, flip
-        self.num_workers, self.seed = int(num_workers), int(seed)
-        self.train_sets: dict[str, MultiTaskDataset] = {}
-        dataset_batch_sizes({"a": 1}, 1, batch_mode)  # a bad batch_mode fails here, before any reading
-
-    def setup(self, stage: str | None = None) -> None:
-        from rsvision.data.multitask_readers import open_reader
-
-        if self.train_sets:
-            return
-        for j, (name, spec) in enumerate(zip(self.names, self.specs)):
-            self.train_sets[name] = MultiTaskDataset(open_reader(spec), self.img_size, self.mean, self.std, True,
-                                                     self.seed, j, self.iof_thr, self.flip)
-        self.batch_sizes = dataset_batch_sizes({n: len(d) for n, d in self.train_sets.items()}, self.batch_size,
-                                               self.batch_mode)
-
-    @property
-    def classes(self) -> dict[str, list[str]]:
-        self.setup()
-        return {n: d.classes for n, d in self.train_sets.items()}
-
-    def train_dataloader(self):
-        from lightning.pytorch.utilities import CombinedLoader
-        from torch.utils.data import DataLoader
-
-        from rsvision.data.samplers import SeededRandomSampler, mix_seed
-
-        self.setup()
-        loaders = {n: DataLoader(d, batch_size=self.batch_sizes[n], collate_fn=collate_multitask,
-                                 sampler=SeededRandomSampler(len(d), mix_seed(self.seed, j), keys=True),
-                                 num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-                   for j, (n, d) in enumerate(self.train_sets.items())}
-        return CombinedLoader(loaders, mode="min_size")

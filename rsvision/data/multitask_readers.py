@@ -11,7 +11,8 @@
   regions of each class (touching objects of one class merge) and boxes their minimum rotated
   rectangles: an approximation of iSAID's instances, exact for isolated objects.
 
-:func:`open_reader` builds one from a config dict (``{"format", "root", ...}``).
+:func:`open_reader` builds one from a config dict (``{"format", "root", ...}``);
+:class:`MultiTaskDataModule` zips one loader per dataset, as MTP trains.
 """
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import lightning as L
 import numpy as np
 
-from rsvision.data.multitask import IGNORE_INDEX, RawSample, polygon_to_mask
+from rsvision.data.multitask import (
+    IGNORE_INDEX, MultiTaskDataset, RawSample, collate_multitask, dataset_batch_sizes, polygon_to_mask,
+)
 from rsvision.data.raster import is_image_file, read_image
 from rsvision.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PolygonReader", "SAMRSReader", "ISAIDReader", "open_reader", "detect_format", "FORMATS"]
+__all__ = ["PolygonReader", "SAMRSReader", "ISAIDReader", "open_reader", "detect_format", "FORMATS",
+           "MultiTaskDataModule"]
 
 
 def _rgb(img: np.ndarray, path: Path) -> np.ndarray:
@@ -250,3 +255,58 @@ def detect_format(folder: str | Path) -> dict[str, Any]:
         return {"format": "isaid", "root": str(d)}
     raise DataError("not a multi-task dataset folder (labelTxt/, Annotations/Oriented Bounding Boxes/, "
                     "instances.json or images/ + masks/)", path=d)
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """MTP's loaders: one per dataset, zipped (each step takes one batch of every dataset; an epoch ends
+    with the shortest), per-dataset batch sizes by :func:`dataset_batch_sizes`.
+
+    ``datasets``: reader specs (:func:`rsvision.data.multitask_readers.open_reader`), each with a
+    ``name`` (default: its folder's name). Each loader's order comes from a keyed
+    :class:`~rsvision.data.samplers.SeededRandomSampler` of ``(seed, dataset index)``, so a resumed
+    run sees the batches the uninterrupted one saw.
+    """
+
+    def __init__(self, datasets: Sequence[dict[str, Any]], img_size: int = 512, batch_size: int = 8,
+                 batch_mode: str = "avg", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 iof_thr: float = 0.7, flip: bool = True, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        if not datasets:
+            raise ConfigError("data.datasets is empty: list the multi-task datasets (or give data.root)")
+        self.specs = [dict(s) for s in datasets]
+        names = [str(s.get("name") or Path(str(s.get("root", f"dataset{i}"))).name) for i, s in enumerate(self.specs)]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.datasets: names must be unique, got {names} (set name: for each)")
+        self.names = names
+        self.img_size, self.batch_size, self.batch_mode = int(img_size), int(batch_size), batch_mode
+        self.mean, self.std, self.iof_thr, self.flip = mean, std, iof_thr, flip
+        self.num_workers, self.seed = int(num_workers), int(seed)
+        self.train_sets: dict[str, MultiTaskDataset] = {}
+        dataset_batch_sizes({"a": 1}, 1, batch_mode)  # a bad batch_mode fails here, before any reading
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_sets:
+            return
+        for j, (name, spec) in enumerate(zip(self.names, self.specs)):
+            self.train_sets[name] = MultiTaskDataset(open_reader(spec), self.img_size, self.mean, self.std, True,
+                                                     self.seed, j, self.iof_thr, self.flip)
+        self.batch_sizes = dataset_batch_sizes({n: len(d) for n, d in self.train_sets.items()}, self.batch_size,
+                                               self.batch_mode)
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        self.setup()
+        return {n: d.classes for n, d in self.train_sets.items()}
+
+    def train_dataloader(self):
+        from lightning.pytorch.utilities import CombinedLoader
+        from torch.utils.data import DataLoader
+
+        from rsvision.data.samplers import SeededRandomSampler, mix_seed
+
+        self.setup()
+        loaders = {n: DataLoader(d, batch_size=self.batch_sizes[n], collate_fn=collate_multitask,
+                                 sampler=SeededRandomSampler(len(d), mix_seed(self.seed, j), keys=True),
+                                 num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                   for j, (n, d) in enumerate(self.train_sets.items())}
+        return CombinedLoader(loaders, mode="min_size")

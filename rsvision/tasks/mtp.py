@@ -3,7 +3,7 @@
 One encoder learns semantic segmentation, rotated detection (and instance segmentation, once its
 decoder exists) at once, on data where every image carries all those labels
 (:mod:`rsvision.data.multitask`: SAMRS, or DOTA / DIOR-R / iSAID converted). As the official code:
-one loader per dataset, zipped (:class:`rsvision.data.multitask.MultiTaskDataModule`, ``batch_mode``
+one loader per dataset, zipped (:class:`rsvision.data.multitask_readers.MultiTaskDataModule`, ``batch_mode``
 ``avg`` | ``ratio``), the batches encoded once, one decoder per task shared by the datasets, per-dataset
 last layers (:class:`rsvision.models.mtp.MTPNet`), the plain sum of every loss (``optim.task_weights``
 optional). Optimiser as published: AdamW, lr 6e-5, weight decay 0.05, cosine, layer decay 0.9 for ViTs
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rsvision.config import OptimConfig
-from rsvision.data.multitask import MultiTaskDataModule
+from rsvision.data.multitask_readers import MultiTaskDataModule
 from rsvision.errors import ConfigError
 from rsvision.tasks.base import BaseTask, RunResult, register_task
 from rsvision.tasks.common import TrainerOptions, to_plain
