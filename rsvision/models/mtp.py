@@ -66,8 +66,8 @@ class MTPNet(nn.Module):
             det.backbone = nn.Identity()  # the encoder is shared, not the detector's
             self.rotated = det
         else:
-            self.encoder, self.indices = _make_backbone(backbone, in_chans, kwargs, DEFAULT_CONFIG["backbone_drop_rate"],
-                                                        DEFAULT_CONFIG["backbone_drop_path_rate"])
+            drops = DEFAULT_CONFIG["backbone_drop_rate"], DEFAULT_CONFIG["backbone_drop_path_rate"]
+            self.encoder, self.indices = _make_backbone(backbone, in_chans, kwargs, *drops)
         chans = backbone_channels(self.encoder)
         chans = [chans[i] for i in self.indices] if self.indices is not None else chans
         if "semantic" in self.tasks:
