@@ -136,7 +136,7 @@ class MTPTask(BaseTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/epoch_loss", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         for k, v in losses.items():
-            self.log(f"train/{k}", v.detach(), on_step=True, on_epoch=True, batch_size=bs)
+            self.log(f"train/{k}", v.detach(), on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         return loss
 

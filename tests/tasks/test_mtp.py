@@ -2,6 +2,8 @@
 and the encoder of ``pretrain mtp`` loads with ``--pretrained`` into every task."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pandas as pd
 import pytest
@@ -174,3 +176,22 @@ def test_pretrain_mtp_encoder_loads_with_pretrained_in_every_task(data, tmp_path
     assert not report.missing, report.summary()
     for k, v in bare.state_dict().items():
         torch.testing.assert_close(v, enc[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow  # ~15 s: two gloo processes
+def test_ddp_two_processes(data, tmp_path):
+    import subprocess
+    import sys
+
+    ds = ('[{name: dota, format: dota, root: "%s", classes: [ship, vehicle, tank]}, '
+          '{name: samrs, format: samrs, root: "%s", ann_file: instances.json}]') % (data / "dota", data / "samrs")
+    out = tmp_path / "ddp"
+    exe = Path(sys.executable).parent / "rsvision"  # a script: Lightning re-launches sys.argv per process
+    cmd = [str(exe), "pretrain", "mtp", "--config", CONFIG,
+           "--out", str(out), "--epochs", "1", "--set", f"data.datasets={ds}", "--set", "trainer.devices=2",
+           "--set", "trainer.strategy=ddp"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    ckpt = torch.load(out / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1  # samrs: 2 images, one per process, batch 2 per dataset -> one step
+    assert "find_unused_parameters_true" in (out / "config.yaml").read_text()
