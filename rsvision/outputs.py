@@ -28,7 +28,7 @@ from typing import IO, Any, Iterator, Sequence
 from rsvision.errors import ConfigError, RSVisionError
 
 __all__ = ["OutputExistsError", "OutputLockedError", "atomic_path", "atomic_write", "claim_dir", "unique_stems",
-           "LOCK_NAME"]
+           "LOCK_NAME", "spill_per_image", "read_per_image", "PER_IMAGE_INLINE_MAX", "PER_IMAGE_SUFFIX"]
 
 LOCK_NAME = ".rsvision.lock"
 
@@ -167,4 +167,47 @@ def unique_stems(paths: Sequence[str | Path], names: Sequence[str] | None = None
         n = seen.get(s, 0) + 1
         seen[s] = n
         out.append(s if n == 1 else f"{s}-{n}")
+    return out
+
+
+#: eval JSONs keep at most this many ``per_image`` records inline (:mod:`rsvision.tasks.per_image`)
+PER_IMAGE_INLINE_MAX = 1000
+PER_IMAGE_SUFFIX = ".per_image.jsonl"
+
+
+def spill_per_image(obj: Any, path: str | Path) -> Any:
+    """``obj`` (plain JSON values) with a ``per_image`` list of more than :data:`PER_IMAGE_INLINE_MAX`
+    records moved to ``<stem>.per_image.jsonl`` beside ``path`` (one record a line, written atomically);
+    ``per_image`` then holds that file's name and ``per_image_count`` the number of records."""
+    per = obj.get("per_image") if isinstance(obj, dict) else None
+    if not isinstance(per, list) or len(per) <= PER_IMAGE_INLINE_MAX:
+        return obj
+    side = Path(path).with_name(Path(path).stem + PER_IMAGE_SUFFIX)
+    with atomic_write(side) as f:
+        for r in per:
+            f.write(json.dumps(r) + "\n")
+    return {**obj, "per_image": side.name, "per_image_count": len(per)}
+
+
+def read_per_image(value: Any, json_path: str | Path, limit: int = 1_000_000) -> list[dict]:
+    """The records of an eval JSON's ``per_image`` value: the list itself, or the JSON-lines file it names
+    (only a bare ``*.per_image.jsonl`` name, read beside ``json_path``; anything else: no records)."""
+    if isinstance(value, list):
+        return [r for r in value if isinstance(r, dict)]
+    if not isinstance(value, str) or Path(value).name != value or not value.endswith(PER_IMAGE_SUFFIX):
+        return []
+    out: list[dict] = []
+    try:
+        with open(Path(json_path).parent / value) as f:
+            for line in f:
+                if len(out) >= limit:
+                    break
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(r, dict):
+                    out.append(r)
+    except (OSError, UnicodeDecodeError):
+        return []
     return out

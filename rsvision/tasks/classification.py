@@ -395,7 +395,7 @@ class ClassificationTask(BaseTask):
         device = self.device
         k = len(self.classes)
         cm = torch.zeros(k, k, dtype=torch.long)
-        probs, targets = [], []
+        probs, targets, per_image = [], [], []
         it = loader
         if progress:
             from rsvision.progress import track
@@ -411,16 +411,18 @@ class ClassificationTask(BaseTask):
                     p = dihedral_tta(lambda t: net(self._fmt(t)), x, self.multilabel).cpu()
                 else:
                     logits = net(x).float().cpu()
-                    p = torch.sigmoid(logits) if self.multilabel else logits
+                    p = torch.sigmoid(logits) if self.multilabel else logits.softmax(-1)
             y = batch["label"]
             if self.multilabel:
                 probs.append(p)
                 targets.append(y)
             else:
-                cm += torch.bincount(y * k + p.argmax(-1), minlength=k * k).view(k, k)
+                pred = p.argmax(-1)
+                cm += torch.bincount(y * k + pred, minlength=k * k).view(k, k)
+                per_image += _records(loader, batch, y, pred, p, self.classes, len(per_image))
         if self.multilabel:
             return multilabel_metrics(torch.cat(probs), torch.cat(targets), self.classes)
-        return classification_metrics(cm.numpy(), self.classes)
+        return {**classification_metrics(cm.numpy(), self.classes), "per_image": per_image}
 
     @torch.inference_mode()
     def predict(self, inputs: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 16,
@@ -531,6 +533,21 @@ def dihedral_tta(net: nn.Module, x: torch.Tensor, multilabel: bool = False) -> t
 
 
 # --- evaluation data ------------------------------------------------------------------------------
+def _records(loader, batch: dict, y, pred, p, classes: Sequence[str], start: int) -> list[dict]:
+    """Per-image records of one single-label batch (:mod:`rsvision.tasks.per_image`): the image path where
+    the dataset has ``samples``, else its index."""
+    from rsvision.tasks.per_image import record
+
+    samples = getattr(getattr(loader, "dataset", None), "samples", None)
+    idx = batch.get("index")
+    idx = idx.tolist() if isinstance(idx, torch.Tensor) else list(range(start, start + len(y)))
+    out = []
+    for i, t, q, pr in zip(idx, y.tolist(), pred.tolist(), p.tolist()):
+        image = samples[i].path if samples is not None and 0 <= i < len(samples) else int(i)
+        out.append(record(image, true=classes[t], pred=classes[q], score=float(pr[q]), p_true=float(pr[t])))
+    return out
+
+
 def _eval_dataset(task: "ClassificationTask", samples, skip_bad: bool = False, eval_size: int | None = None):
     from rsvision.data.classification import SceneDataset
     from rsvision.data.transforms import ResizePolicy, SceneTransform

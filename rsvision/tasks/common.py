@@ -189,11 +189,15 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(obj: Any, path: str | Path) -> Path:
-    """Write metrics (dataclass / numpy / torch values converted, NaN -> null) as indented JSON."""
+    """Write metrics (dataclass / numpy / torch values converted, NaN -> null) as indented JSON; a long
+    ``per_image`` list goes to a JSON-lines file beside it (:func:`rsvision.outputs.spill_per_image`)."""
+    from rsvision.outputs import spill_per_image
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    obj = spill_per_image(_jsonable(obj), path)
     with atomic_write(path) as f:
-        json.dump(_jsonable(obj), f, indent=2)
+        json.dump(obj, f, indent=2)
         f.write("\n")
     return path
 

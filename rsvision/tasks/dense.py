@@ -217,19 +217,24 @@ class DenseTask(BaseTask):
     def evaluate(self, data: Any, tta: bool | None = None, progress=None, fast: bool = True,
                  **dataset_options: Any) -> dict:
         """CONVENTIONS metrics over ``data`` (a dataset folder, a list of them, or a dataset): whole
-        images through sliding windows. ``progress``: a callback ``(done, total)``."""
+        images through sliding windows, plus ``per_image`` IoU records (:mod:`rsvision.tasks.per_image`).
+        ``progress``: a callback ``(done, total)``."""
         from rsvision.tasks.metrics import confusion_matrix
+        from rsvision.tasks.per_image import iou_record
 
         dataset = self.eval_dataset(data, **dataset_options) if isinstance(data, (str, Path, list, tuple)) else data
         k = len(self.classes)
         cm = np.zeros((k, k), np.int64)
+        per_image = []
         for i in range(len(dataset)):
             s = dataset[i]
             probs = self.infer(s["image"][None].to(self.device), tta=tta, fast=fast)[0]
-            cm += confusion_matrix(probs.argmax(0).cpu(), s["mask"], k, self.ignore_index)
+            one = confusion_matrix(probs.argmax(0).cpu(), s["mask"], k, self.ignore_index)
+            cm += one
+            per_image.append(iou_record(s.get("path", i), one, self.classes))
             if progress is not None:
                 progress(i + 1, len(dataset))
-        return self.metrics_from_cm(cm)
+        return {**self.metrics_from_cm(cm), "per_image": per_image}
 
     def eval_dataset(self, root: Any, **options: Any):
         raise NotImplementedError

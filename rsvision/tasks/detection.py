@@ -386,7 +386,7 @@ class DetectionTask(BaseTask):
                  split: str | None = None, split_file: str | Path | None = None, **predict_options: Any) -> dict:
         """Detect on every full image of ``data`` (a folder with ``images/`` + ``labelTxt/``, or an image
         folder with ``ann_dir``), merge per image, score with the DOTA evaluator (like the DOTA server):
-        the CONVENTIONS detect dict. ``dets`` keeps the merged Task1 files (default: a temp folder).
+        the CONVENTIONS detect dict with ``per_image`` error records. ``dets`` keeps the merged Task1 files (default: a temp folder).
         ``split`` (train | val): only the images of that split of the run's ``splits.json`` (full images
         match the patches cut from them, ``P0001__1024__0___0`` -> ``P0001``). The evaluator scores only
         the evaluated images' label files, not every file in the annotation folder."""
@@ -419,5 +419,11 @@ class DetectionTask(BaseTask):
             out = Path(dets) if dets is not None else Path(tmp) / "dets"
             for _ in self.predict(images, out, png=False, geojson=False, exist_ok=exist_ok, **predict_options):
                 pass
-            return evaluate(out, ann_dir, classes=self.classes, iou_thr=iou_thr or e.iou_thr, metric=metric or e.metric,
-                            images=[p.stem for p in images])
+            res = evaluate(out, ann_dir, classes=self.classes, iou_thr=iou_thr or e.iou_thr, metric=metric or e.metric,
+                           images=[p.stem for p in images], per_image=True)
+        from rsvision.tasks.per_image import record
+
+        path_of = {p.stem: p for p in images}  # records name the image file (rsvision.tasks.per_image)
+        res["per_image"] = [record(path_of.get(r["image"], r["image"]), **{k: v for k, v in r.items() if k != "image"})
+                            for r in res["per_image"]]
+        return res

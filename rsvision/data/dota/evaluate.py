@@ -85,10 +85,13 @@ def evaluate_class(
     gts: Mapping[str, tuple[np.ndarray, np.ndarray]],
     iou_thr: float = 0.5,
     use_07_metric: bool = True,
+    errors: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[float | None, int, np.ndarray, np.ndarray]:
     """One class: ``dets`` = [(image, score, poly8)], ``gts[image] = (polys (N, 8), difficult (N,))``.
 
-    Returns ``(ap, npos, recall, precision)``; ``ap`` is None when ``npos == 0``.
+    Returns ``(ap, npos, recall, precision)``; ``ap`` is None when ``npos == 0``. ``errors`` (a dict) is
+    filled with ``{image: (false positives, missed non-difficult ground truths)}`` for the images that
+    have detections or ground truth of the class.
     """
     recs = {}
     npos = 0
@@ -141,6 +144,13 @@ def evaluate_class(
                     fp[k] = 1.0
         else:
             fp[k] = 1.0
+    if errors is not None:
+        fp_img: dict[str, int] = {}
+        for k, i in enumerate(order):
+            fp_img[dets[i][0]] = fp_img.get(dets[i][0], 0) + int(fp[k])
+        for name, r in recs.items():
+            if len(r["polys"]) or name in fp_img:
+                errors[name] = (fp_img.get(name, 0), int((~r["det"] & ~r["difficult"]).sum()))
     fp = np.cumsum(fp)
     tp = np.cumsum(tp)
     if npos == 0:
@@ -164,8 +174,11 @@ def evaluate_polys(
     classes: Sequence[str],
     iou_thr: float = 0.5,
     metric: str = "voc07",
+    per_image: bool = False,
 ) -> dict:
-    """Evaluate in-memory detections -> the detect metric JSON dict.
+    """Evaluate in-memory detections -> the detect metric JSON dict (``per_image``: with per-image
+    ``{"image", "errors", "FP", "missed"}`` records, ``{class: count}`` each, as :mod:`rsvision.tasks.per_image`
+    describes).
 
     Args:
         dets: ``{class: [(image, score, poly8) or Detection]}``.
@@ -176,20 +189,22 @@ def evaluate_polys(
     use07 = _check_metric(metric, iou_thr)
     ap_out: dict[str, float | None] = {}
     num_gt: dict[str, int] = {}
+    errs: dict[str, dict[str, tuple[int, int]]] = {}
     for c in classes:
-        per_image = {}
+        per_image_gt = {}
         for name, g in gts.items():
             names = list(g.get("classes", []))
             sel = np.array([n == c for n in names], dtype=bool)
             polys = np.asarray(g["polys"], dtype=np.float64).reshape(-1, 8)[sel]
             diff = np.asarray(g.get("difficult", np.zeros(len(names))), dtype=np.int64).reshape(-1)[sel]
-            per_image[name] = (polys, diff)
+            per_image_gt[name] = (polys, diff)
         rows = [(d.image, d.score, np.asarray(d.poly)) if isinstance(d, Detection) else d for d in dets.get(c, [])]
-        ap, npos, _, _ = evaluate_class(rows, per_image, iou_thr, use07)
+        errs[c] = {}
+        ap, npos, _, _ = evaluate_class(rows, per_image_gt, iou_thr, use07, errs[c] if per_image else None)
         ap_out[c] = None if ap is None else min(ap, 1.0)  # 11 x (1/11) sums to 1 + 2e-16
         num_gt[c] = npos
     scored = [v for v in ap_out.values() if v is not None]
-    return {
+    res = {
         "task": "detect",
         "metric": metric,
         "iou_thr": float(iou_thr),
@@ -197,6 +212,12 @@ def evaluate_polys(
         "AP": ap_out,
         "num_gt": num_gt,
     }
+    if per_image:
+        res["per_image"] = [{"image": name,
+                             "errors": {c: sum(errs[c][name]) for c in classes if name in errs[c]},
+                             "FP": {c: errs[c][name][0] for c in classes if name in errs[c]},
+                             "missed": {c: errs[c][name][1] for c in classes if name in errs[c]}} for name in gts]
+    return res
 
 
 def load_ground_truth(ann_dir: str | Path, classes: Sequence[str] | None = None) -> dict[str, dict]:
@@ -261,10 +282,12 @@ def evaluate(
     metric: str = "voc07",
     strict_classes: bool = False,
     images: Sequence[str] | None = None,
+    per_image: bool = False,
 ) -> dict:
     """Evaluate ``Task1_<class>.txt`` files against a labelTxt folder -> detect metric JSON dict.
 
     ``images``: score only these image names' ground truth (None: every label file in ``ann_dir``).
+    ``per_image``: add per-image error records (:func:`evaluate_polys`).
     A name with no label file is a :class:`DataError`: its objects would silently count as none.
 
     ``classes=None`` picks the smallest known class list (DOTA v1.0, v1.5, v2.0, DIOR-R) that holds every
@@ -299,7 +322,7 @@ def evaluate(
     if unknown:
         log.warning("%d image name(s) in the detections have no annotation file (ignored), e.g. %s",
                     len(unknown), sorted(unknown)[:3])
-    res = evaluate_polys(dets, gts, list(classes), iou_thr, metric)
+    res = evaluate_polys(dets, gts, list(classes), iou_thr, metric, per_image)
     if res["mAP"] is None:
         log.warning("%s: no class has (non-difficult) ground truth, so mAP is undefined (null)", ann_dir)
     return res
