@@ -2,7 +2,9 @@
 
 Safe by construction: read-only (any method but GET / HEAD is answered 405), items addressed by id, the
 one file route resolves its path under PATH and serves only files the catalogue listed (``..``, absolute
-paths, encoded traversal and symlinks out of PATH are refused with 403). Derived files (curve plots,
+paths, encoded traversal and symlinks out of PATH are refused with 403); rasters outside PATH that PATH
+names (batch manifests' scene inputs, eval examples: :mod:`~rsvision.viz.viewer.layers`) are only
+rendered as tiles, by id. Derived files (curve plots,
 overview copies) go to the cache folder, never under PATH. The page and Leaflet are package files: the
 viewer needs no network; a basemap is drawn only when ``basemap`` (a ``{z}/{x}/{y}`` URL) is given.
 """
@@ -18,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from rsvision.viz.viewer.layers import Catalog, PathRefused
-from rsvision.viz.viewer.reports import eval_summary, run_summary
+from rsvision.viz.viewer.reports import add_eval_examples, eval_summary, run_summary
 from rsvision.viz.viewer.tiles import TileRenderer
 from rsvision.viz.viewer.vectors import VectorLayer, load_layer
 
@@ -50,6 +52,7 @@ def create_app(path: str | Path, basemap: str | None = None, cache_dir: str | Pa
     """The viewer app for ``path`` (a prediction / batch output folder, a run directory, an eval JSON, or a
     folder holding any of these). ``basemap``: a tile URL drawn under georeferenced scenes."""
     cat = Catalog(path)
+    add_eval_examples(cat)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if cache.resolve().is_relative_to(cat.root):
         raise PathRefused("the viewer cache must not lie under the viewed folder (PATH is read-only)", path=str(cache))

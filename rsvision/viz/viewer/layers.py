@@ -5,6 +5,13 @@ pointing outside are skipped) and every item gets an id; the HTTP API addresses 
 the one place a request names a file is ``/api/file``, which goes through :func:`resolve_under`.
 Nothing is ever written under PATH.
 
+Rasters outside PATH are shown only when PATH names them: the scene inputs of batch-predict manifests
+(``<scene>/manifest.json`` beside ``batch.json``) and the worst examples of an eval JSON's ``per_image``
+records (:meth:`Catalog.add_examples`). Each such path is resolved (symlinks followed) and must be an
+existing file with a raster extension that GDAL opens (a VRT only if its sources are local raster
+files); it is an allow-list entry, addressed by id and rendered as tiles only: ``/api/file`` never
+serves it, and no other file outside PATH becomes reachable.
+
 Items are grouped into *views* (one scene and what belongs to it) by file stem, the way the predict
 commands name their outputs: ``x.tif`` <- ``x.geojson``, ``x_mask.tif``, ``x_mask.geojson``, Task1 lines
 of image ``x``, DOTA labels ``labelTxt/x.txt``, GeoParquet rows whose ``scene`` is ``x``.
@@ -32,6 +39,8 @@ PICTURE_SUFFIXES = ("_overlay", "_compare")
 PICTURE_NAMES = {"curves.png", "confusion_matrix.png"}
 MASK_SUFFIXES = ("_mask", "_change", "_pred")
 MAX_FILES = 50_000
+MAX_EXTERNAL = 5_000  # rasters outside PATH named by manifests / eval records
+BATCH_FILE, MANIFEST = "batch.json", "manifest.json"  # rsvision.tasks.batch's names
 
 
 class PathRefused(DataError):
@@ -69,12 +78,20 @@ class Raster:
     transform: Any = None
     crs: Any = None
     rgb: list[int] = field(default_factory=lambda: [1, 2, 3])  # default 1-based display bands
+    external: bool = False  # outside PATH, allow-listed: tiles only (``rel`` is the absolute path)
+    group: Path | None = None  # batch scene folder whose outputs belong to this raster
+    alias: str | None = None  # batch scene id (outputs of the merged files are keyed by it)
 
     def public(self) -> dict:
         d = {k: getattr(self, k) for k in ("id", "rel", "kind", "width", "height", "count", "dtype", "georef",
-                                           "band_names", "classes", "palette", "bounds", "rgb")}
+                                           "band_names", "classes", "palette", "bounds", "rgb", "external")}
         d["name"] = self.path.name
         return d
+
+    @property
+    def name(self) -> str:
+        """How a view of this raster is listed: its path under PATH, or a batch scene's id."""
+        return (self.alias or self.path.name) if self.external else self.rel
 
 
 @dataclass
@@ -103,6 +120,7 @@ class View:
     base: Raster | None
     masks: list[Raster] = field(default_factory=list)
     vectors: list[VectorSource] = field(default_factory=list)
+    example: bool = False  # an eval's example image, listed under its eval rather than as a scene
 
     @property
     def georef(self) -> bool:
@@ -208,6 +226,8 @@ class Catalog:
         self.pictures: list[str] = []
         self.checkpoints: list[Path] = []
         self.served: set[Path] = set()
+        self._ext: dict[Path, Raster] = {}  # allow-listed rasters outside PATH, by resolved path
+        self._example_view: dict[Path, str] = {}
         self._scan()
         self._group()
 
@@ -293,6 +313,74 @@ class Catalog:
                 self.vectors[vid] = VectorSource(vid, folder, f"{rel}/Task1_*.txt", "task1", image_id, key=image_id,
                                                  files=sorted(fs))
         self._drop_batch_duplicates()
+        self._batch_inputs(files)
+
+    # -- rasters outside PATH ----------------------------------------------------------------------
+    def _external(self, p: Path, **kw: Any) -> Raster | None:
+        """The allow-listed raster of ``p`` (absolute) when it is outside PATH and passes the checks of
+        the module docstring; the same path twice is one raster."""
+        try:
+            real = p.resolve()
+        except (OSError, RuntimeError):
+            return None
+        if real in self._ext:
+            return self._ext[real]
+        if (real.is_relative_to(self.root) and real in self.served and real.suffix.lower() != ".vrt") \
+                or len(self._ext) >= MAX_EXTERNAL or real.suffix.lower() not in RASTER_EXT or not real.is_file() \
+                or (real.suffix.lower() == ".vrt" and not _vrt_local(real)):
+            return None
+        r = _probe_raster(real, str(real), f"x{len(self._ext)}")
+        if r is not None:
+            r.external = True
+            for k, v in kw.items():
+                setattr(r, k, v)
+            self._ext[real] = r
+            self.rasters[r.id] = r
+        return r
+
+    def _batch_inputs(self, files: list[Path]) -> None:
+        """Scene inputs of batch-predict manifests (change: date B, the one predictions are drawn on);
+        relative inputs are tried against the working folder, then the batch folder's parent."""
+        for f in files:
+            if f.name != MANIFEST or not (f.parent.parent / BATCH_FILE).is_file():
+                continue
+            try:
+                m = json.loads(f.read_text())
+                inputs = [str(x) for x in m.get("inputs") or []]
+            except (OSError, ValueError, AttributeError, TypeError):
+                continue
+            if not inputs:
+                continue
+            p = Path(inputs[-1]).expanduser()
+            cands = [p] if p.is_absolute() else [Path.cwd() / p, f.parent.parent.parent / p]
+            for c in cands:
+                real = c.resolve()
+                if real.is_relative_to(self.root) and real in self.served and any(
+                        r.path == real for r in self.rasters.values()):
+                    break  # inside PATH and already a scene
+                if self._external(c, group=f.parent, alias=str(m.get("scene") or f.parent.name)) is not None:
+                    break
+
+    def add_examples(self, paths: list[Path]) -> dict[Path, str]:
+        """Views for eval example images outside PATH (``paths`` absolute): ``{resolved path: view id}``. A
+        view of detections only whose scene name is the image's stem gets the image as its base."""
+        out: dict[Path, str] = {}
+        for p in paths:
+            had = len(self._ext)
+            r = self._external(p)
+            if r is None:
+                continue
+            if len(self._ext) > had:  # new: give it a view
+                w = next((w for w in self.views.values() if w.base is None and not w.masks and w.vectors
+                          and all(v.stem == r.path.stem for v in w.vectors)), None)
+                if w is not None:
+                    w.base, w.name = r, r.name
+                else:
+                    self.views[r.id] = View(r.id, r.name, r, example=True)
+                self._example_view[r.path] = (w or self.views[r.id]).id
+            if r.path in self._example_view:
+                out[r.path] = self._example_view[r.path]
+        return out
 
     def _drop_batch_duplicates(self) -> None:
         """A batch-predict folder (``batch.json`` + merged ``detections.parquet``) holds each scene's
@@ -312,14 +400,17 @@ class Catalog:
         by_stem: dict[str, list[Raster]] = {}
         for r in scenes:
             by_stem.setdefault(r.path.stem, []).append(r)
+            if r.alias and r.alias != r.path.stem:
+                by_stem.setdefault(r.alias, []).append(r)
 
         def home(stem: str, near: Path) -> Raster | None:
             cands = by_stem.get(stem, [])
             if not cands:
                 return None
-            return max(cands, key=lambda r: (len(os.path.commonpath([r.path, near])), r.georef))
+            return max(cands, key=lambda r: (r.group is not None and r.group in near.parents,
+                                             len(os.path.commonpath([r.path, near])), r.georef))
 
-        views: dict[str, View] = {r.id: View(r.id, r.rel, r) for r in scenes}
+        views: dict[str, View] = {r.id: View(r.id, r.name, r) for r in scenes}
         for m in (r for r in self.rasters.values() if r.kind == "mask"):
             h = home(_stem_key(m.path.stem), m.path)
             if h is not None and (h.width, h.height) == (m.width, m.height):
@@ -351,6 +442,16 @@ class Catalog:
             raise PathRefused("path not served", path=rel)
         return p
 
+    def view_of_image(self, path: Path) -> str | None:
+        """The view whose scene is the file ``path`` (resolved), if any."""
+        if getattr(self, "_by_image", (None, -1))[1] != len(self.views):
+            self._by_image = ({w.base.path.resolve(): w.id for w in reversed(self.views.values()) if w.base is not None},
+                              len(self.views))
+        try:
+            return self._by_image[0].get(path.resolve())
+        except (OSError, RuntimeError):
+            return None
+
     def checkpoint_hparams(self, tasks: set[str]) -> dict | None:
         """``hyper_parameters`` of the first checkpoint under PATH of one of ``tasks`` (class names and
         palette for files that do not carry them); read with ``weights_only=True``."""
@@ -376,28 +477,41 @@ class Catalog:
                     "masks": [m.public() for m in w.masks], "vectors": [v.public() for v in w.vectors]}
 
         return {"root": self.root.name if self.single is None else self.single.name,
-                "views": [view(w) for w in self.views.values()],
+                "views": [{**view(w), "example": w.example} for w in self.views.values()],
                 "runs": [{k: r[k] for k in ("id", "rel", "files")} for r in self.runs.values()],
                 "evals": [{k: e[k] for k in ("id", "rel", "task")} for e in self.evals.values()],
                 "pictures": sorted(self.pictures)}
 
 
-def _vrt_inside(path: Path, root: Path) -> bool:
-    """Every source file a VRT names resolves under ``root`` (relative names against the VRT's folder)."""
+def _vrt_sources(path: Path) -> list[Path] | None:
+    """The source files a VRT names (relative names against the VRT's folder); None if it cannot be read
+    or names a GDAL virtual file system (``/vsi...``) or a URL."""
     import xml.etree.ElementTree as ET
 
     try:
         tree = ET.parse(path)
     except (ET.ParseError, OSError):
-        return False
+        return None
+    out = []
     for el in tree.iter("SourceFilename"):
         name = (el.text or "").strip()
         if not name or name.startswith("/vsi") or "://" in name:
-            return False
-        p = (path.parent / name) if el.get("relativeToVRT") == "1" else Path(name)
-        if not p.resolve().is_relative_to(root):
-            return False
-    return True
+            return None
+        out.append((path.parent / name) if el.get("relativeToVRT") == "1" else Path(name))
+    return out
+
+
+def _vrt_local(path: Path) -> bool:
+    """Every source of a VRT outside PATH is a local raster file that is not itself a VRT."""
+    srcs = _vrt_sources(path)
+    return srcs is not None and all(p.resolve().suffix.lower() in RASTER_EXT - {".vrt"} and p.resolve().is_file()
+                                    for p in srcs)
+
+
+def _vrt_inside(path: Path, root: Path) -> bool:
+    """Every source file a VRT names resolves under ``root`` (relative names against the VRT's folder)."""
+    srcs = _vrt_sources(path)
+    return srcs is not None and all(p.resolve().is_relative_to(root) for p in srcs)
 
 
 def _parquet_scenes(path: Path) -> list[str]:

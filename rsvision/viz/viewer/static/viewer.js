@@ -44,7 +44,7 @@ async function start() {
     if (!items.length) { $(id + "-box").hidden = true; return; }
     items.forEach((it) => ul.append(el("li", { "data-id": it.id, text: label(it), on: { click: () => onclick(it) } })));
   };
-  list("views", S.cat.views, (v) => v.name + ((n) => (n ? ` (${n} layer${n > 1 ? "s" : ""})` : ""))(v.vectors.length + v.masks.length),
+  list("views", S.cat.views.filter((v) => !v.example), (v) => v.name + ((n) => (n ? ` (${n} layer${n > 1 ? "s" : ""})` : ""))(v.vectors.length + v.masks.length),
        (v) => { location.hash = "view=" + v.id; });
   list("runs", S.cat.runs, (r) => r.rel, (r) => { location.hash = "run=" + r.id; });
   list("evals", S.cat.evals, (e) => `${e.rel} (${e.task})`, (e) => { location.hash = "eval=" + e.id; });
@@ -253,7 +253,8 @@ async function openEval(id) {
 function showWorst(cls, items, box) {
   const ul = el("ul");
   items.forEach((it) => {
-    const label = `${it.image}` + (it.pred != null ? ` → ${it.pred}` : "") + (it.value != null ? ` (${fmt(it.value)})` : "");
+    const what = it.FP ? ` (${it.FP[cls] || 0} false, ${it.missed[cls] || 0} missed)` : it.value != null ? ` (${fmt(it.value)})` : "";
+    const label = `${it.image}` + (it.pred != null ? ` → ${it.pred}` : "") + what;
     const link = it.view ? el("a", { href: "#view=" + it.view, text: label })
                : it.rel ? el("a", { href: "/api/file?path=" + encodeURIComponent(it.rel), target: "_blank", text: label })
                : el("span", { text: label });
