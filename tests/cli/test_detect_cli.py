@@ -89,6 +89,13 @@ def test_eval_json_follows_conventions(trained, dataset, tmp_path):
     assert res["task"] == "detect" and res["metric"] == "voc07" and res["iou_thr"] == 0.5
     assert 0.0 <= res["mAP"] <= 1.0 and set(res["AP"]) == {"ship", "vehicle", "tank"}
     assert "mAP" in r.output
+    images = sorted((dataset / "val" / "images").iterdir())  # per-image records (rsvision.tasks.per_image)
+    assert sorted(Path(p["image"]) for p in res["per_image"]) == images
+    for p in res["per_image"]:
+        assert p["id"] == Path(p["image"]).stem and set(p["errors"]) == set(p["FP"]) == set(p["missed"])
+        assert all(p["errors"][c] == p["FP"][c] + p["missed"][c] for c in p["errors"])
+    for c, n in res["num_gt"].items():
+        assert sum(p["missed"].get(c, 0) for p in res["per_image"]) <= n
 
 
 def test_predict_png_and_geotiff(trained, dataset, tmp_path):

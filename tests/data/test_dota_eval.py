@@ -115,6 +115,19 @@ def test_hand_computed_ap(tmp_path):
         dota.evaluate(dets, ann, metric="coco")
 
 
+def test_per_image_errors_of_the_hand_case(tmp_path):
+    ann, dets = _hand_case(tmp_path)
+    res = dota.evaluate(dets, ann, classes=["plane", "ship", "harbor"], per_image=True)
+    per = {r["image"]: r for r in res["per_image"]}
+    # plane: A = A1 found, its duplicate false, A2 missed; B = B1 found, the difficult match ignored;
+    # C = one false positive. ship: A's exact-0.5 box is false and its ship missed. No harbor anywhere.
+    assert per["A"]["FP"] == {"plane": 1, "ship": 1} and per["A"]["missed"] == {"plane": 1, "ship": 1}
+    assert per["B"]["FP"] == {"plane": 0} and per["B"]["missed"] == {"plane": 0}
+    assert per["C"]["FP"] == {"plane": 1} and per["C"]["missed"] == {"plane": 0}
+    assert per["A"]["errors"] == {"plane": 2, "ship": 2} and per["C"]["errors"] == {"plane": 1}
+    assert "per_image" not in dota.evaluate(dets, ann, classes=["plane"])
+
+
 def test_matches_devkit_transcription_on_random_detections():
     rng = np.random.default_rng(0)
     gts, gt_objects = {}, {}

@@ -294,6 +294,14 @@ def test_train_writes_splits_and_eval_split_scores_only_that_split(trained, tmp_
     m_split = json.loads((tmp_path / "val.json").read_text())
     m_only = evaluate(task, task.eval_dataset(only))
     assert m_split["split"] == "val" and m_split["mIoU"] == pytest.approx(m_only["mIoU"], abs=1e-12)
+    assert sorted(r["image"] for r in m_split["per_image"]) == sorted(str(p) for p, _ in ds.pairs)
+    first = task.eval_dataset(only)
+    first.pairs = first.pairs[:1]  # one image: its record's IoU is the eval's IoU
+    one = evaluate(task, first)
+    rec = one["per_image"][0]
+    assert rec["id"] == first.pairs[0][0].stem and set(rec["IoU"]) == set(one["IoU"])
+    assert all(v == one["IoU"][c] if v is None else v == pytest.approx(one["IoU"][c], abs=1e-12)
+               for c, v in rec["IoU"].items())
     r = CliRunner().invoke(app, ["segment", "eval", "--checkpoint", str(d / "run" / "best.ckpt"), "--data",
                                  str(only), "--split", "train"])
     assert r.exit_code != 0 and "no input of the 'train' split" in str(r.exception)

@@ -496,3 +496,41 @@ def test_batch_predict_folder_one_layer_per_scene(tmp_path):
     c = TestClient(create_app(b, cache_dir=tmp_path / "cache"))
     vid = next(x["id"] for v in cat["views"] for x in v["vectors"] if x["name"].endswith("[s2]"))
     assert c.get(f"/api/vectors/{vid}").json()["total"] == int((gdf["scene"] == "s2").sum())
+
+
+def test_page_links_a_class_to_its_worst_examples(tmp_path):
+    """In headless Chromium: the eval panel's class link lists the class's worst examples, and an example
+    outside PATH opens as a map view of the image (an allow-listed tile view)."""
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium: install Debian's `chromium` (apt-get install chromium; .ci/run does) "
+                    "or set RSVISION_CHROMIUM to a Chromium binary")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    img, root = tmp_path / "data" / "field_3.png", tmp_path / "r"
+    img.parent.mkdir()
+    root.mkdir()
+    Image.fromarray(np.full((64, 64, 3), (200, 30, 30), np.uint8)).save(img)
+    (root / "eval.json").write_text(json.dumps({
+        "task": "classify", "overall_accuracy": 0.5, "classes": ["field", "forest"],
+        "per_class": {"field": {"accuracy": 0.0, "support": 1}, "forest": {"accuracy": 1.0, "support": 1}},
+        "per_image": [{"image": str(img), "id": "field_3", "true": "field", "pred": "forest", "score": 0.8,
+                       "p_true": 0.2}]}))
+    server, th, url = _serve(create_app(root, cache_dir=tmp_path / "cache"))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "#eval=e0")
+            page.click("a.cls-link:text('field')")
+            page.wait_for_selector("#worst li a")
+            assert "field_3.png → forest (0.2000)" in page.inner_text("#worst")
+            page.click("#worst li a")
+            page.wait_for_function("window.__rsv.ready && window.__rsv.tiles > 0", timeout=15000)
+            assert "field_3.png" in page.inner_text("#scene-controls") and page.inner_text("#views") == ""
+            browser.close()
+    finally:
+        server.should_exit = True
+        th.join(5)
+    assert not errors, errors

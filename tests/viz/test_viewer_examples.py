@@ -115,6 +115,23 @@ def test_dense_and_detection_records_rank_worst_first(tmp_path):
     assert all(names[i["view"]] == i["image"] == i["rel"] for i in ship + seg["roof"])  # images under PATH
 
 
+def test_detect_example_outside_path_gets_its_task1_detections(tmp_path):
+    img, root = tmp_path / "data" / "P7.png", tmp_path / "r"
+    img.parent.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(img)
+    (root / "dets").mkdir(parents=True)  # detect eval --dets r/dets: the merged Task1 files
+    (root / "dets" / "Task1_ship.txt").write_text("P7 0.9 2 2 12 2 12 12 2 12\n")
+    (root / "m.json").write_text(json.dumps({"task": "detect", "mAP": 0.0, "AP": {"ship": 0.0}, "per_image": [
+        {"image": str(img), "id": "P7", "errors": {"ship": 2}, "FP": {"ship": 1}, "missed": {"ship": 1}}]}))
+    c = _client(root, tmp_path)
+    cat = c.get("/api/catalog").json()
+    (item,) = c.get(f"/api/evals/{cat['evals'][0]['id']}").json()["worst"]["ship"]
+    v = _view(cat, item["view"])
+    assert v["base"]["external"] and v["base"]["rel"] == str(img) and not v["example"]  # the detections' view
+    assert [x["fmt"] for x in v["vectors"]] == ["task1"] and len(cat["views"]) == 1
+    assert c.get("/api/file", params={"path": str(img)}).status_code == 403
+
+
 def test_long_record_lists_go_to_a_jsonl_file_beside_the_json(tmp_path):
     root = tmp_path / "r"
     n = PER_IMAGE_INLINE_MAX + 5
