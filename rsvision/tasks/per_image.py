@@ -1,7 +1,7 @@
 """Per-image records of an eval: what made each image good or bad, per class (the viewer's worst examples).
 
 Every task's ``evaluate`` adds ``"per_image": [record, ...]`` to its metric JSON (an extra key, allowed by
-CONVENTIONS). A record names its image (``"image"``: the path as the dataset gives it, ``"id"``: its stem)
+CONVENTIONS). A record names its image (``"image"``: its absolute path, ``"id"``: its stem)
 and, per task:
 
 * classify (single-label): ``"true"``, ``"pred"`` (class names), ``"score"`` (probability of ``pred``) and
@@ -19,6 +19,7 @@ to ``<json stem>.per_image.jsonl`` beside it (:func:`rsvision.outputs.spill_per_
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,9 +29,11 @@ __all__ = ["record", "iou_record"]
 
 
 def record(image: Any, **values: Any) -> dict:
-    """``{"image", "id", **values}`` for one image (a path, or an index where the dataset has no paths)."""
-    s = str(image)
-    return {"image": s, "id": s if isinstance(image, int) else Path(s).stem, **values}
+    """``{"image", "id", **values}`` for one image: a path (made absolute, so the JSON means the same file
+    from any folder) or an index where the dataset has no paths."""
+    if isinstance(image, int):
+        return {"image": str(image), "id": str(image), **values}
+    return {"image": os.path.abspath(image), "id": Path(image).stem, **values}
 
 
 def iou_record(image: Any, cm: np.ndarray, classes: Sequence[str]) -> dict:
