@@ -195,3 +195,23 @@ def test_ddp_two_processes(data, tmp_path):
     ckpt = torch.load(out / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1  # samrs: 2 images, one per process, batch 2 per dataset -> one step
     assert "find_unused_parameters_true" in (out / "config.yaml").read_text()
+
+
+def test_bad_tasks_are_clear_errors():
+    from rsvision.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.tasks"):
+        _net_tasks(["semantic", "depth"])
+    try:
+        import rsvision.models.detectors.mask_rcnn as mr
+    except ImportError:
+        mr = None
+    if mr is None or not hasattr(mr, "mtp_instance_decoder"):  # until the Mask R-CNN decoder is wired in
+        with pytest.raises(ConfigError, match="instance"):
+            _net_tasks(["semantic", "instance"])
+
+
+def _net_tasks(tasks):
+    from rsvision.models.mtp import MTPNet
+
+    return MTPNet("lsknet_t", {"a": ["x"]}, tasks, backbone_kwargs=TINY, seg_channels=8)
