@@ -20,6 +20,12 @@ from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
 app = typer.Typer(help="Scene classification: train, evaluate, predict.", no_args_is_help=True)
 
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning.")]
+ModalitiesOpt = Annotated[Optional[str], typer.Option(
+    "--modalities", help="S1 / S2 pair checkpoints: use only these of its modalities, comma-separated (e.g. s2).")]
+
+
+def _modalities(text: Optional[str]) -> Optional[list[str]]:
+    return [m.strip().lower() for m in text.split(",") if m.strip()] if text else None
 
 
 def register(root: typer.Typer) -> None:
@@ -48,8 +54,7 @@ def eval_(
         "--eval-size", help="Resize each whole image to N px (overrides the checkpoint's eval policy).")] = None,
     cm: Annotated[Optional[Path], typer.Option("--cm", help="Confusion-matrix PNG (default: next to --json, "
                                                            "else next to the checkpoint).")] = None,
-    modalities: Annotated[Optional[str], typer.Option(
-        "--modalities", help="S1 / S2 pair checkpoints: evaluate with only these modalities (e.g. s2).")] = None,
+    modalities: ModalitiesOpt = None,
 ) -> None:
     """Evaluate a checkpoint: OA, AA, kappa, per-class accuracy, confusion matrix (PNG, JSON)."""
     from rsvision.errors import ConfigError
@@ -63,7 +68,7 @@ def eval_(
     tta = bool(tta)
     metrics = evaluate(task, data, split=split, split_file=split_file, batch_size=batch_size or 32, tta=tta,
                        eval_size=eval_size, skip_bad=skip_bad, progress=True, fast=fast,
-                       modalities=[m.strip() for m in modalities.split(",")] if modalities else None)
+                       modalities=_modalities(modalities))
     metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, tta=tta,
                    eval_size=eval_size or task.hparams.get("eval_size"))
     print_metrics(metrics, title=f"{checkpoint.name} on {data}" + (f" [{split}]" if split else ""),
@@ -85,12 +90,15 @@ def predict(
     checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, top_k: TopKOpt = 3,
     batch_size: BatchSizeOpt = None, device: DeviceOpt = None, skip_bad: SkipBadOpt = False,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True, tta: TtaOpt = None, score_thr: ScoreThrOpt = None,
-    cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None,
+    cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None, modalities: ModalitiesOpt = None,
 ) -> None:
     """Top-k classes with probabilities for images (files, folders, globs); predictions.json / .csv in --out.
 
     ``--score-thr`` picks the labels (multi-label: default 0.5; single-label: default the top class). With
-    --cluster (or STAC inputs): one folder per image, resumable, and the merged predictions.json / .csv."""
+    --cluster (or STAC inputs): one folder per image, resumable, and the merged predictions.json / .csv.
+    S1 / S2 pair checkpoints take pair folders (a dataset root, a patch or product folder inside one, or a
+    folder of band GeoTIFFs); predictions.csv then has one row per pair: labels and all 19 probabilities."""
+    from rsvision.errors import ConfigError
     from rsvision.tasks import load_task, predict as predict_task
 
     if wants_batch(cluster, inputs, assets):
@@ -98,8 +106,11 @@ def predict(
                         batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad, fast=fast, tta=tta,
                         score_thr=score_thr)
     task = load_task(checkpoint, device or "auto")
+    if modalities and (cluster or assets):
+        raise ConfigError("--modalities is not supported with --cluster / --assets")
     preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad,
-                              exist_ok=exist_ok, fast=fast, tta=tta, score_thr=score_thr))
+                              exist_ok=exist_ok, fast=fast, tta=tta, score_thr=score_thr,
+                              modalities=_modalities(modalities)))
     t = Table(title=f"{checkpoint.name}: top-{top_k}" + (" (multi-label)" if task.multilabel else ""))
     t.add_column("image")
     t.add_column("labels")

@@ -149,24 +149,128 @@ def read_ssl4eo(root: str | Path, s2_level: str = "s2a") -> list[PairSample]:
     return out
 
 
+def read_index(root: str | Path) -> list[PairSample]:
+    """Every labelled pair listed in ``root/index.csv`` (``../shared/data/multimodal``: BigEarthNet v1.0 and
+    reBEN together; ``s1_dir`` / ``s2_dir`` relative to ``root``, file ``<dir>/<prefix>_<band>.tif``)."""
+    root = Path(root)
+    table = root / "index.csv"
+    out = []
+    with open(table, newline="") as f:
+        for row in csv.DictReader(f):
+            files = {**_band_files(root / row["s2_dir"], f"{row['s2_prefix']}_", [b for b in S2_BANDS if b != "B10"]),
+                     **_band_files(root / row["s1_dir"], f"{row['s1_prefix']}_", S1_BANDS)}
+            out.append(PairSample(row["pair_id"], _SPLIT_NAMES[row["split"]], files,
+                                  _labels(row["labels_19"].split("|"), str(table))))
+    return out
+
+
 def detect_format(root: str | Path) -> str:
     root = Path(root)
+    if (root / "index.csv").is_file():
+        return "index"
     if (root / "metadata.parquet").is_file():
         return "reben"
     if (root / "pairs.csv").is_file():
         return "bigearthnet_v1"
     if (root / "s1").is_dir() and ((root / "s2a").is_dir() or (root / "s2c").is_dir()):
         return "ssl4eo"
-    raise DataError("not a BigEarthNet v1.0, reBEN or SSL4EO-S12 folder (no pairs.csv, metadata.parquet or s1/ + s2a/)",
-                    path=root)
+    raise DataError("not a BigEarthNet v1.0, reBEN or SSL4EO-S12 folder (no index.csv, pairs.csv, metadata.parquet or "
+                    "s1/ + s2a/)", path=root)
 
 
-def read_dataset(root: str | Path, fmt: str = "auto") -> list[PairSample]:
+def read_dataset(root: str | Path, fmt: str = "auto", split_file: str | Path | None = None) -> list[PairSample]:
+    """The samples of ``root`` (``fmt``: auto | index | bigearthnet_v1 | reben | ssl4eo). ``split_file``
+    (``split,path`` rows, ``path`` the pair id, as :func:`rsvision.data.classification.read_split_file`
+    reads them) replaces the dataset's own splits; pairs it does not list are dropped."""
     fmt = detect_format(root) if fmt == "auto" else fmt
-    readers = {"bigearthnet_v1": read_bigearthnet_v1, "reben": read_reben, "ssl4eo": read_ssl4eo}
+    readers = {"index": read_index, "bigearthnet_v1": read_bigearthnet_v1, "reben": read_reben, "ssl4eo": read_ssl4eo}
     if fmt not in readers:
         raise ConfigError(f"data.format must be auto or one of {sorted(readers)}, got {fmt!r}")
-    return readers[fmt](root)
+    samples = readers[fmt](root)
+    if split_file is None:
+        return samples
+    from dataclasses import replace
+
+    from rsvision.data.classification import read_split_file
+
+    table = read_split_file(split_file)
+    unknown = sorted(set(table) - {s.id for s in samples})
+    if unknown:
+        raise DataError(f"{len(unknown)} pair id(s) not in {root}, e.g. {unknown[0]}", path=split_file)
+    return [replace(s, split=table[s.id]) for s in samples if s.id in table]
+
+
+def write_pair_split_file(path: str | Path, splits: Mapping[str, str]) -> Path:
+    """``split,path`` rows (``path``: pair id) for :func:`read_dataset`, written atomically."""
+    from rsvision.outputs import atomic_write
+
+    with atomic_write(path, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "path"])
+        for pid, sp in splits.items():
+            w.writerow([sp, pid])
+    return Path(path)
+
+
+_BAND_FILE = re.compile(r"(?:^|_)(B0?[1-9]|B1[0-2]|B8A|VV|VH)\.tiff?$", re.IGNORECASE)
+
+
+def read_pair_folder(folder: str | Path) -> PairSample:
+    """One sample from a loose folder of single-band GeoTIFFs named ``[<prefix>_]<band>.tif`` (``B02`` or ``B2``,
+    ``VV``, ``VH``), S1 and S2 side by side; unlabelled, split ``test``."""
+    folder = Path(folder)
+    files = {}
+    for f in sorted(folder.iterdir()):
+        m = _BAND_FILE.search(f.name)
+        if m and f.is_file():
+            b = m.group(1).upper()
+            b = b if b in ("B8A", "VV", "VH") else f"B{int(b[1:]):02d}"
+            files.setdefault(b, str(f))
+    if not files:
+        raise DataError("no band GeoTIFFs ([<prefix>_]B02.tif, ..., VV.tif, VH.tif) in this folder", path=folder)
+    return PairSample(folder.name, "test", files, None)
+
+
+def resolve_pairs(inputs: Sequence[str | Path]) -> list[PairSample]:
+    """Samples named by ``predict`` inputs: a dataset root (every pair of it), a folder inside one (the pairs
+    with a band file under it: a patch folder, a product folder), or a loose folder of band files."""
+    out: list[PairSample] = []
+    for inp in inputs:
+        p = Path(inp).resolve()
+        if not p.is_dir():
+            raise DataError("pair inputs are folders (a dataset root, a patch folder or a folder of band files)", path=inp)
+        root = next((r for r in (p, *p.parents) if _is_root(r)), None)
+        if root is None:
+            out.append(read_pair_folder(p))
+            continue
+        samples = read_dataset(root)
+        if root != p:
+            samples = [s for s in samples if any(Path(f).resolve().is_relative_to(p) for f in s.files.values())]
+        if not samples:
+            raise DataError(f"no pairs of {root} have band files under this folder", path=inp)
+        out += samples
+    unique = {tuple(sorted(s.files.values())): s for s in reversed(out)}  # an input named twice: once, first place
+    return list(reversed(unique.values()))
+
+
+def _is_root(folder: Path) -> bool:
+    try:
+        detect_format(folder)
+        return True
+    except DataError:
+        return False
+
+
+def check_bands(sample: PairSample, modalities: Mapping[str, Sequence[str]]) -> None:
+    """BandMismatchError naming the modality and its band count when a sample lacks band files of a modality."""
+    from rsvision.errors import BandMismatchError
+
+    for m, bands in modalities.items():
+        missing = [b for b in bands if b not in sample.files or not Path(sample.files[b]).is_file()]
+        if missing:
+            raise BandMismatchError(
+                f"pair {sample.id!r}: modality {m!r} needs {len(bands)} bands {list(bands)}, found "
+                f"{len(bands) - len(missing)} (missing {missing}); --modalities picks a subset of the checkpoint's")
 
 
 def stack_bands(files: Mapping[str, str], bands: Sequence[str], reference: Optional[str] = None) -> np.ndarray:
@@ -285,6 +389,7 @@ class MultimodalDataConfig:
     eval_batch_size: Optional[int] = None
     num_workers: int = 0
     cache: bool = True
+    split_file: Optional[str] = None  # split,path (pair id) rows replacing the dataset's own splits
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -308,7 +413,7 @@ class MultimodalDataModule(L.LightningDataModule):
             bad = [b for b in bands if b not in known]
             if bad or not bands:
                 raise ConfigError(f"data.modalities.{m}: unknown bands {bad or '(none)'}; known: {sorted(known)}")
-        samples = read_dataset(c.root, c.format)
+        samples = read_dataset(c.root, c.format, c.split_file)
         by_split: dict[str, list[PairSample]] = {}
         for s in samples:
             by_split.setdefault(s.split, []).append(s)
@@ -365,7 +470,7 @@ class MultimodalDataModule(L.LightningDataModule):
 
 
 # --- the classification task's "pairs" data format ------------------------------------------------
-PAIR_FORMATS = ("pairs", "bigearthnet_v1", "reben")
+PAIR_FORMATS = ("pairs", "index", "bigearthnet_v1", "reben")
 
 
 def _split_flat(values: Optional[Sequence[float]], mods: Mapping[str, Sequence[str]]) -> Optional[dict[str, list[float]]]:
@@ -390,17 +495,19 @@ def pairs_datamodule(data, seed: int = 0) -> MultimodalDataModule:
     cfg = MultimodalDataConfig(root=data.root, format=fmt, modalities=mods, img_size=data.img_size, hflip=data.hflip,
                                vflip=data.vflip, rot90=data.rot90, mean=_split_flat(data.mean, mods),
                                std=_split_flat(data.std, mods), batch_size=data.batch_size,
-                               eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, cache=data.cache)
+                               eval_batch_size=data.eval_batch_size, num_workers=data.num_workers, cache=data.cache,
+                               split_file=data.split_file)
     dm = MultimodalDataModule(cfg, seed)
     dm.setup("fit")
     return dm
 
 
-def pairs_eval_dataset(hp: Mapping, root: str | Path, split: Optional[str] = None,
-                       modalities: Optional[Sequence[str]] = None) -> MultimodalDataset:
-    """Evaluation dataset of a pairs folder with a checkpoint's modalities, statistics and image size
-    (``split``: one of the dataset's own splits, default all of it; ``modalities``: a subset of the
-    checkpoint's, e.g. S2 only for a model trained on S1 + S2: the missing-modality case)."""
+def pairs_eval_dataset(hp: Mapping, root: str | Path | Sequence[PairSample], split: Optional[str] = None,
+                       modalities: Optional[Sequence[str]] = None, split_file: str | Path | None = None,
+                       cache: bool = True) -> MultimodalDataset:
+    """Evaluation dataset of a pairs folder (or samples) with a checkpoint's modalities, statistics and image
+    size (``split``: one of the dataset's own splits, or of ``split_file``, default all of it; ``modalities``:
+    a subset of the checkpoint's, e.g. S2 only for a model trained on S1 + S2: the missing-modality case)."""
     mods = {m: list(b) for m, b in hp["modalities"].items()}
     mean, std = _split_flat(hp["mean"], mods), _split_flat(hp["std"], mods)
     if modalities:
@@ -408,13 +515,15 @@ def pairs_eval_dataset(hp: Mapping, root: str | Path, split: Optional[str] = Non
         if unknown:
             raise ConfigError(f"--modalities {unknown} are not in the checkpoint's {list(mods)}")
         mods = {m: mods[m] for m in modalities}
-    samples = read_dataset(root)
+    samples = read_dataset(root, split_file=split_file) if isinstance(root, (str, Path)) else list(root)
     if split is not None:
         samples = [s for s in samples if s.split == split]
         if not samples:
-            raise DataError(f"no samples of split {split!r}", path=root)
+            raise DataError(f"no samples of split {split!r}", path=split_file or root)
+    for s in samples:
+        check_bands(s, mods)
     tf = SceneTransform(ResizePolicy(int(hp.get("img_size") or 120), None, None), train=False)
-    return MultimodalDataset(samples, mods, {m: (mean[m], std[m]) for m in mods}, tf)
+    return MultimodalDataset(samples, mods, {m: (mean[m], std[m]) for m in mods}, tf, cache=cache)
 
 
 # --- self-supervised views --------------------------------------------------------------------------

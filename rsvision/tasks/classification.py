@@ -351,6 +351,7 @@ class ClassificationTask(BaseTask):
         data = {**dm.hparams_data(), "in_chans": None, "multilabel": True, "resize": None, "eval_size": None}
         d.classes, d.mean, d.std = list(data["classes"]), list(data["mean"]), list(data["std"])
         d.modalities, d.root = data["modalities"], str(Path(d.root).resolve())
+        d.split_file = str(Path(d.split_file).resolve()) if d.split_file else None
         return data
 
     def after_fit(self, cfg: ClassifyConfig, dm: ClassificationDataModule, result: RunResult) -> None:
@@ -386,7 +387,8 @@ class ClassificationTask(BaseTask):
 
         loader = data
         if isinstance(data, (str, Path)):
-            if split is not None and split_file is None and getattr(self, "checkpoint_path", None) is not None:
+            if (split is not None and split_file is None and getattr(self, "checkpoint_path", None) is not None
+                    and not self.hparams.get("modalities")):  # pairs: the dataset's own splits unless a file is named
                 split_file = self.checkpoint_path.parent / "splits.csv"
             data = eval_dataset(self, data, split_file, split, skip_bad, eval_size, modalities)
         if isinstance(data, Dataset):
@@ -427,7 +429,8 @@ class ClassificationTask(BaseTask):
     @torch.inference_mode()
     def predict(self, inputs: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 16,
                 top_k: int = 5, skip_bad: bool = False, progress: bool = False, exist_ok: bool = False,
-                fast: bool = True, tta: bool | None = None, score_thr: float | None = None) -> Iterator[dict]:
+                fast: bool = True, tta: bool | None = None, score_thr: float | None = None,
+                modalities: Sequence[str] | None = None) -> Iterator[dict]:
         """Yield ``{"input", "top": [(class, prob), ...], "labels": [...], "probs": [...]}`` per image
         (files, folders, globs). ``labels``: the classes scoring >= ``score_thr`` (default 0.5 for
         multi-label checkpoints, else the top-1 class). ``tta``: average over the 8 flips / rotations.
@@ -436,6 +439,10 @@ class ClassificationTask(BaseTask):
         ``skip_bad``. Multi-label checkpoints give independent sigmoid probabilities. With ``out`` (new or
         empty unless ``exist_ok``), ``predictions.json`` and ``predictions.csv`` (top-1) are written there
         at the end.
+
+        S1 / S2 pair checkpoints take pair folders (:func:`rsvision.data.multimodal.resolve_pairs`: a dataset
+        root, a folder inside one, a loose folder of band files); each record also names the pair (``id``)
+        and the ``modalities`` used (``modalities``: a subset of the checkpoint's, default all of them).
         """
         import contextlib
 
@@ -443,18 +450,36 @@ class ClassificationTask(BaseTask):
 
         if batch_size < 1 or top_k < 1:
             raise ConfigError(f"--batch-size and --top-k must be >= 1, got {batch_size} and {top_k}")
+        if modalities and not self.hparams.get("modalities"):
+            raise ConfigError("--modalities applies to S1 / S2 pair checkpoints only")
         with claim_dir(out, exist_ok) if out is not None else contextlib.nullcontext():
-            yield from self._predict(inputs, out, batch_size, top_k, skip_bad, fast, bool(tta), score_thr)
+            yield from self._predict(inputs, out, batch_size, top_k, skip_bad, fast, bool(tta), score_thr, modalities)
 
-    def _predict(self, inputs, out, batch_size, top_k, skip_bad, fast, tta=False, score_thr=None) -> Iterator[dict]:
+    def _predict(self, inputs, out, batch_size, top_k, skip_bad, fast, tta=False, score_thr=None,
+                 modalities=None) -> Iterator[dict]:
         from rsvision.data.classification import Sample
         from rsvision.data.raster import expand_inputs
-        from rsvision.errors import DataError
 
         if self.hparams.get("modalities"):
-            raise ConfigError("classify predict reads image files; S1 / S2 pair checkpoints are scored with eval")
-        paths = expand_inputs(inputs)
-        ds = _eval_dataset(self, [Sample(str(p), 0) for p in paths])
+            from rsvision.data.multimodal import pairs_eval_dataset, resolve_pairs
+
+            if tta:
+                raise ConfigError("--tta is not supported for S1 / S2 pairs")
+            ds = pairs_eval_dataset(self.hparams, resolve_pairs(inputs), modalities=modalities, cache=False)
+            used = list(ds.modalities)
+            paths = [s.files.get("B02") or next(iter(s.files.values())) for s in ds.samples]
+            metas = [{"input": str(Path(p).parent), "path": str(Path(p).parent), "id": s.id, "modalities": used}
+                     for p, s in zip(paths, ds.samples)]
+        else:
+            paths = expand_inputs(inputs)
+            ds = _eval_dataset(self, [Sample(str(p), 0) for p in paths])
+            metas = [{"input": str(p), "path": str(p)} for p in paths]
+        yield from self._predict_dataset(ds, metas, out, batch_size, top_k, skip_bad, fast, tta, score_thr)
+
+    def _predict_dataset(self, ds, all_metas: list[dict], out, batch_size, top_k, skip_bad, fast, tta, score_thr
+                         ) -> Iterator[dict]:
+        from rsvision.errors import DataError
+
         net = self.inference_model(fast)
         batch: list[torch.Tensor] = []
         metas: list[dict] = []
@@ -462,7 +487,8 @@ class ClassificationTask(BaseTask):
 
         def flush() -> Iterator[dict]:
             if batch:
-                x = torch.stack(batch).to(self.device)
+                x = (torch.stack(batch).to(self.device) if isinstance(batch[0], torch.Tensor) else
+                     {m: torch.stack([b[m] for b in batch]).to(self.device) for m in batch[0]})
                 if tta:
                     probs = dihedral_tta(lambda t: net(self._fmt(t)), x, self.multilabel).float().cpu()
                 else:
@@ -479,17 +505,17 @@ class ClassificationTask(BaseTask):
             batch.clear()
             metas.clear()
 
-        for i, p in enumerate(paths):
+        for i, meta in enumerate(all_metas):
             try:
                 img = ds[i]["image"]
             except DataError as exc:
                 if not skip_bad:
                     raise
-                results.append({"input": str(p), "path": str(p), "error": str(exc)})
+                results.append({**meta, "error": str(exc)})
                 yield results[-1]
                 continue
             batch.append(img)
-            metas.append({"input": str(p), "path": str(p)})
+            metas.append(dict(meta))
             if len(batch) >= batch_size:
                 for r in flush():
                     results.append(r)
@@ -507,12 +533,22 @@ def _write_predictions(task: ClassificationTask, preds: list[dict], out: Path) -
     from rsvision.outputs import atomic_write
     from rsvision.tasks.common import write_json
 
-    write_json({"task": "classify", "classes": task.classes, "predictions": preds}, out / "predictions.json")
+    write_json({"task": "classify", "classes": task.classes, "multilabel": task.multilabel, "predictions": preds},
+               out / "predictions.json")
+    pairs = bool(task.hparams.get("modalities"))
     with atomic_write(out / "predictions.csv", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "class", "probability"])
+        if pairs:  # one row per pair: predicted labels and every class probability
+            w.writerow(["id", "path", "modalities", "labels", *task.classes])
+        else:
+            w.writerow(["path", "class", "probability"])
         for p in preds:
-            if "top" in p:
+            if "top" not in p:
+                continue
+            if pairs:
+                w.writerow([p["id"], p["path"], "+".join(p["modalities"]), "|".join(p["labels"]),
+                            *(f"{q:.6f}" for q in p["probs"])])
+            else:
                 w.writerow([p["path"], p["top"][0][0], f"{p['top'][0][1]:.6f}"])
 
 
@@ -572,7 +608,7 @@ def eval_dataset(task: "ClassificationTask", data: str | Path, split_file: str |
     if task.hparams.get("modalities"):
         from rsvision.data.multimodal import pairs_eval_dataset
 
-        return pairs_eval_dataset(task.hparams, data, split, modalities)
+        return pairs_eval_dataset(task.hparams, data, split, modalities, split_file)
     if data.suffix.lower() == ".csv":
         samples, _ = read_multilabel_csv(data, None, task.classes)
         root = data.parent
