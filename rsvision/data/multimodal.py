@@ -597,9 +597,22 @@ class SSLDataModule(MultimodalDataModule):
     """Unlabelled multi-crop views of S1 / S2 samples: trains on ``train``, validates on ``val`` (else ``train``,
     with the fixed views of epoch 0). Statistics as :class:`MultimodalDataModule` (train split)."""
 
-    def __init__(self, cfg: MultimodalDataConfig, views: MultiCropViews, seed: int = 0):
+    def __init__(self, cfg: MultimodalDataConfig, views: MultiCropViews, seed: int = 0, source_size: int = 0):
         super().__init__(cfg, seed)
-        self.views = views
+        self.views, self.source_size = views, source_size
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """``format: images``: scene class folders as one modality (:mod:`rsvision.data.image_views`)."""
+        c = self.cfg
+        if c.format != "images" or self.datasets:
+            return super().setup(stage)
+        from rsvision.data.image_views import image_datasets
+
+        self.datasets = image_datasets(c.root, c.modalities, self.source_size or 2 * c.img_size, c.split_file)
+        self.stats = ({m: (list(c.mean[m]), list(c.std[m])) for m in c.modalities} if c.mean and c.std
+                      else self.datasets["train"].band_stats())
+        for ds in self.datasets.values():
+            ds.stats = self.stats
 
     def crops(self, name: str) -> MultiCropDataset:
         return MultiCropDataset(self.datasets[name], self.views, self.seed)

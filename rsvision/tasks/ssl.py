@@ -47,8 +47,10 @@ class SSLDataSection:
     """``data:`` section: the S1 / S2 folder (SSL4EO-S12, BigEarthNet v1.0, reBEN), modalities, views."""
 
     root: str | None = None
-    format: str = "auto"
-    modalities: dict[str, list[str]] = field(default_factory=lambda: {m: list(b) for m, b in DEFAULT_MODALITIES.items()})
+    format: str = "auto"  # auto | index | bigearthnet_v1 | reben | ssl4eo | images (class folders, one modality)
+    split_file: str | None = None  # pairs: split,path (pair id) rows; images: a classify split file
+    source_size: int | None = None  # images: each resized to this before cropping views (default 2 x img_size)
+    modalities: dict[str, list[str]] | None = None  # None: S2's ten bands + S1 (a set dict replaces it whole)
     img_size: int = 96  # global view size
     local_size: int = 48
     n_local: int = 2
@@ -209,11 +211,13 @@ class SSLTask(BaseTask):
     @classmethod
     def build_datamodule(cls, cfg: SSLConfig) -> SSLDataModule:
         d = cfg.data
-        mcfg = MultimodalDataConfig(root=d.root, format=d.format, modalities={k: list(v) for k, v in d.modalities.items()},
+        d.modalities = {k: list(v) for k, v in (d.modalities or DEFAULT_MODALITIES).items()}
+        mcfg = MultimodalDataConfig(root=d.root, format=d.format, modalities=d.modalities,
                                     img_size=d.img_size, mean=d.mean, std=d.std, batch_size=d.batch_size,
-                                    eval_batch_size=d.eval_batch_size, num_workers=d.num_workers)
+                                    eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
+                                    split_file=d.split_file)
         views = MultiCropViews(d.img_size, d.local_size, 2, d.n_local, d.global_scale, d.local_scale)
-        dm = SSLDataModule(mcfg, views, seed=cfg.trainer.seed)
+        dm = SSLDataModule(mcfg, views, seed=cfg.trainer.seed, source_size=d.source_size or 0)
         dm.setup("fit")
         return dm
 
@@ -223,6 +227,7 @@ class SSLTask(BaseTask):
         cfg.data.mean = {m: list(s[0]) for m, s in dm.stats.items()}
         cfg.data.std = {m: list(s[1]) for m, s in dm.stats.items()}
         cfg.data.root = str(Path(cfg.data.root).resolve())
+        cfg.data.split_file = str(Path(cfg.data.split_file).resolve()) if cfg.data.split_file else None
         task = cls(model=asdict(cfg.model), data=data, optim=asdict(cfg.optim))
         t = cfg.trainer
         if cfg.model.pretrained and not (t.resume and (Path(t.out) / "last.ckpt").exists()):
