@@ -29,7 +29,7 @@ def mask_to_geometry(mask: np.ndarray, x0: float = 0.0, y0: float = 0.0, transfo
         return None
     t = Affine.translation(float(x0), float(y0))
     if transform is not None:
-        t = transform * t
+        t = transform @ t
     parts = [shape(g) for g, v in features.shapes(m, mask=m.astype(bool), transform=t, connectivity=8) if v == 1]
     geom = unary_union(parts) if len(parts) > 1 else parts[0]
     if geom.geom_type == "GeometryCollection":  # touching parts may union to lines; keep the areas
