@@ -27,7 +27,9 @@ OverlapOpt = Annotated[Optional[int], typer.Option(
     "--overlap", min=0, help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
 ScalesOpt = Annotated[Optional[list[float]], typer.Option("--scale", help="Test rate; repeat for multi-scale (0.5 1.0 1.5).")]
 MultiScaleOpt = Annotated[bool, typer.Option("--multi-scale", help="Published multi-scale test: rates 0.5, 1.0, 1.5.")]
-NmsOpt = Annotated[Optional[float], typer.Option("--nms-iou", help="Per-class rotated NMS IoU for merging windows (default: checkpoint eval.nms_iou, 0.1).")]
+NmsOpt = Annotated[Optional[float], typer.Option(
+    "--nms-iou", help="Per-class NMS IoU merging overlapping windows (default: the checkpoint's eval.nms_iou: 0.1 "
+    "for rotated boxes, 0.5 for instance boxes).")]
 PredBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")]
 
 
@@ -121,7 +123,7 @@ def predict(
     window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None,
     multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
     batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
-    png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the boxes on the image.")] = True,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the results (boxes / masks) on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True,
     cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None,

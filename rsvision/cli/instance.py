@@ -20,11 +20,12 @@ WindowOpt = Annotated[Optional[int], typer.Option("--window", min=32, help="Wind
 OverlapOpt = Annotated[Optional[int], typer.Option(
     "--overlap", min=0, help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
 NmsOpt = Annotated[Optional[float], typer.Option(
-    "--nms-iou", min=0.0, max=1.0, help="Per-class box NMS IoU merging windows (default: checkpoint eval.nms_iou, 0.5).")]
+    "--nms-iou", help="Per-class NMS IoU merging overlapping windows (default: the checkpoint's eval.nms_iou: 0.1 "
+    "for rotated boxes, 0.5 for instance boxes).")]
 PredBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")]
 ClassesOpt = Annotated[Optional[str], typer.Option(
     "--classes", help="Only these classes, comma-separated (e.g. ship,harbor); applies to every output.")]
-MaxDetOpt = Annotated[Optional[int], typer.Option("--max-det", min=1, help="At most this many instances per image, best first.")]
+MaxDetOpt = Annotated[Optional[int], typer.Option("--max-det", min=1, help="At most this many detections per scene, best first.")]
 LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="Class name and score on each drawn box.")]
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", help="Dataset layout: dota | dior | samrs | isaid (default: the training data's).")]
@@ -108,7 +109,7 @@ def predict(
     classes: ClassesOpt = None, max_det: MaxDetOpt = None, tta: TtaOpt = None, rgb: RgbOpt = None,
     labels: LabelsOpt = True, window: WindowOpt = None, overlap: OverlapOpt = None, nms_iou: NmsOpt = None,
     batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
-    png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the masks on the image.")] = True,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the results (boxes / masks) on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True,
 ) -> None:

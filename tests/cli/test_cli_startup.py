@@ -23,7 +23,7 @@ def test_cli_help_imports_nothing_heavy():
         "import typer.testing\n"
         "r = typer.testing.CliRunner().invoke(app, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "for g in ('detect', 'segment', 'change', 'classify', 'dota', 'models', 'demo'):\n"
+        "for g in ('detect', 'segment', 'change', 'instance', 'classify', 'dota', 'models', 'demo'):\n"
         "    r = typer.testing.CliRunner().invoke(app, [g, '--help'])\n"
         "    assert r.exit_code == 0, (g, r.output)\n")
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))

@@ -7,7 +7,7 @@ import typer.main
 
 from rsvision.cli import app
 
-TASKS = ("classify", "detect", "segment", "change")
+TASKS = ("classify", "detect", "segment", "change", "instance")
 
 #: verb -> options every task's command must accept (README "Command line").
 VOCABULARY = {
@@ -20,7 +20,8 @@ VOCABULARY = {
 #: where scores exist / where a picture is drawn
 EXTRA = {("detect", "predict"): {"--score-thr", "--rgb", "--classes", "--max-det", "--labels", "--no-labels"},
          ("classify", "predict"): {"--score-thr", "--top-k"},
-         ("segment", "predict"): {"--rgb"}, ("change", "predict"): {"--rgb"}}
+         ("segment", "predict"): {"--rgb"}, ("change", "predict"): {"--rgb"},
+         ("instance", "predict"): {"--score-thr", "--rgb", "--classes", "--max-det", "--labels", "--no-labels"}}
 
 
 def _commands():
