@@ -133,27 +133,31 @@ def error_record(image: Any, pred_masks: torch.Tensor, pred_labels: torch.Tensor
     """The per-image record (:mod:`rsvision.tasks.per_image`, as ``detect``): per class, false positives
     (instances scoring >= ``score_thr`` matching no ground truth at mask IoU >= ``iou_thr``, greedily by
     score) and missed ground truth, for the classes the image has either of."""
+    from pycocotools import mask as mask_utils
+
     from rsvision.tasks.per_image import record
+
+    def rle(m: torch.Tensor):
+        return mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8).transpose(1, 2, 0)))
 
     keep = pred_scores >= score_thr
     pm, pl, ps = pred_masks[keep], pred_labels[keep], pred_scores[keep]
     fp: dict[str, int] = {}
     missed: dict[str, int] = {}
     for k, c in enumerate(classes):
-        p = pm[pl == k].flatten(1).float()
-        g = gt_masks[gt_labels == k].flatten(1).float()
+        p, g = pm[pl == k], gt_masks[gt_labels == k]
         if not len(p) and not len(g):
             continue
-        order = torch.argsort(ps[pl == k], descending=True)
-        inter = p[order] @ g.T if len(p) and len(g) else torch.zeros(len(p), len(g))
-        union = p.sum(1)[order, None] + g.sum(1)[None] - inter
-        iou = inter / union.clamp(min=1)
-        used = torch.zeros(len(g), dtype=torch.bool)
+        p = p[torch.argsort(ps[pl == k], descending=True, stable=True)]
+        # pycocotools' RLE IoU: no (K, H * W) float copies of whole-image masks
+        iou = np.asarray(mask_utils.iou(rle(p), rle(g), [0] * len(g))).reshape(len(p), len(g)) \
+            if len(p) and len(g) else np.zeros((len(p), len(g)))
+        used = np.zeros(len(g), bool)
         n_fp = 0
         for i in range(len(p)):
-            cand = torch.where(used, torch.full_like(iou[i], -1.0), iou[i]) if len(g) else iou[i]
+            cand = np.where(used, -1.0, iou[i])
             j = int(cand.argmax()) if len(g) else -1
-            if j >= 0 and float(cand[j]) >= iou_thr:
+            if j >= 0 and cand[j] >= iou_thr:
                 used[j] = True
             else:
                 n_fp += 1
@@ -355,7 +359,7 @@ class InstanceTask(BaseTask):
         net = self.inference_model(fast)
         with claim_dir(out or "predictions", exist_ok) as out:
             for f, stem in zip([*arrays, *files], stems):
-                det = self.scene(f, w, o, nms_iou, min(score_thr, self.eval_cfg.score_thr), batch_size, progress,
+                det = self.scene(f, w, o, nms_iou, score_thr, batch_size, progress,
                                  net=net).filtered(score_thr, classes, max_det)
                 written = write_instance_outputs(det, out, stem, source=f, png=png, json_out=json_out,
                                                  geojson=geojson, bands=rgb, labels=labels)
@@ -391,7 +395,7 @@ class InstanceTask(BaseTask):
     def evaluate(self, data: Any, split: str | None = None, split_file: str | Path | None = None,
                  format: str | None = None, window: int | None = None, overlap: int | None = None,
                  nms_iou: float | None = None, max_det: int | None = None, batch_size: int = 2,
-                 progress: Any = None, fast: bool = True, **_: Any) -> dict:
+                 progress: Any = None, fast: bool = True) -> dict:
         """COCO mask AP over the whole images of ``data`` (a folder in the training layout), each predicted
         window by window and merged as ``predict`` does, plus per-image error records."""
         from rsvision.data.multitask import make_sample
