@@ -151,12 +151,27 @@ def test_tiled_ffn_path(golden, plain_fast, monkeypatch):
     """Large inputs run the FFN in tiles (channel groups x row strips with a halo); force it on
     the golden inputs: 8-row strips cut the 25-row stage-1 map of input 1 (batch 2) into 4."""
     name, g, sd = golden
+    monkeypatch.setattr(fast.inference, "_tiles_pay", lambda: True)  # whatever the allocator mode
     monkeypatch.setattr(fast.inference, "_CHUNK_BYTES", 4096)
     monkeypatch.setattr(fast.inference, "_TILE_BYTES", 1)
     monkeypatch.setattr(fast.inference, "_TILE_CHANNELS", 48)  # uneven last group too
     with torch.inference_mode():
         for x, refs in zip(g["inputs"], g["outputs"]):
             _check(plain_fast[1].forward_intermediates(x, intermediates_only=True), refs, what="tiled")
+
+
+@pytest.mark.parametrize("mode,tiles", [("system", True), ("keep", False)])
+def test_ffn_tiles_only_under_the_system_allocator(golden, plain_fast, monkeypatch, mode, tiles):
+    """Kept memory: one call per conv (tiles would only add barriers); system: tiled."""
+    monkeypatch.setattr(fast.inference, "allocator_mode", lambda: mode)
+    monkeypatch.setattr(fast.inference, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(fast.inference, "_TILE_BYTES", 1)
+    calls = []
+    real = fast.inference._conv
+    monkeypatch.setattr(fast.inference, "_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        plain_fast[1].forward_intermediates(golden[1]["inputs"][1], intermediates_only=True)
+    assert bool(calls) is tiles
 
 
 def test_plain_aten_path_matches(golden, plain_fast, monkeypatch):

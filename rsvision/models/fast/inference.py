@@ -12,17 +12,30 @@ from rsvision.models.backbones._pyramid import Block, OverlapPatchEmbed, Pyramid
 from rsvision.models.backbones.haksnet import HAKSAttention, PartialConvMlp
 from rsvision.models.backbones.lsknet import LSKAttention, Mlp
 from rsvision.models.fast.ops import _CL, _Conv, _conv, _tracing, _use_mkldnn, dilated_depthwise_conv
+from rsvision.runtime import allocator_mode
 
 __all__ = ["optimize_for_inference", "FastPatchEmbed", "FastLSKBlock", "FastHAKSBlock"]
 
-# On CPU, FFN hidden activations above this size are computed in tiles (channel groups x row
-# strips of about _TILE_BYTES): fresh multi-MB tensors cost page faults (glibc returns big
-# blocks to the OS on free), and a tile stays in cache between its 1x1, depthwise and 1x1 convs.
-# 4 MiB = one 2 MiB L2 per thread on the 2-core reference machine (swept 0.5-16 MiB on an idle
-# machine: 1 MiB 0.45 s, 2 MiB 0.39 s, 4 MiB 0.35 s, 8 MiB 0.41 s for LSKNet-T at 1024^2).
+# On CPU, under glibc's default allocator, FFN hidden activations above _CHUNK_BYTES are computed
+# in tiles (channel groups x row strips of about _TILE_BYTES): fresh multi-MB tensors then cost
+# page faults (glibc returns big blocks to the OS on free), and a tile stays in cache between its
+# 1x1, depthwise and 1x1 convs. 4 MiB = one 2 MiB L2 per thread on the 2-core reference machine
+# (swept 0.5-16 MiB on an idle machine: 1 MiB 0.45 s, 2 MiB 0.39 s, 4 MiB 0.35 s, 8 MiB 0.41 s for
+# LSKNet-T at 1024^2). When freed memory is kept (every rsvision entry point, the CLI) there are
+# no page faults to save and tiles only add parallel regions: each small oneDNN call waits at a
+# barrier for every thread, and on a loaded machine a descheduled thread stalls all of them.
+# Measured (1x3x1024^2, 2 threads, memory kept, median of 3 interleaved, machine loaded by other
+# jobs): HAKSNet-S plain 1.10 s, tiled 1.07 s, untiled 0.89 s; LSKNet-T 0.51 / 0.32 / 0.34 s; an
+# earlier loaded run had HAKSNet-S tiled at 12.1 s against 2.5 s untiled. So tile only under the
+# system allocator, where it still pays when quiet (LSKNet-T 2.57 s tiled vs 3.62 s untiled).
 _CHUNK_BYTES = 16 << 20
 _TILE_BYTES = 4 << 20
 _TILE_CHANNELS = 64
+
+
+def _tiles_pay() -> bool:
+    """FFN tiling only saves page faults: worth it only when freed memory goes back to the OS."""
+    return allocator_mode() == "system"
 
 
 def _ffn(x, res, first: _Conv, dw: _Conv, last: _Conv, gate: Optional[_Conv] = None):
@@ -35,7 +48,7 @@ def _ffn(x, res, first: _Conv, dw: _Conv, last: _Conv, gate: Optional[_Conv] = N
     """
     hidden = dw.weight.shape[0]
     B, _, H, W = x.shape
-    if not _use_mkldnn(x) or B * H * W * hidden * 4 <= _CHUNK_BYTES:
+    if not _use_mkldnn(x) or B * H * W * hidden * 4 <= _CHUNK_BYTES or not _tiles_pay():
         h = first(x)
         d = dw(h, gate(x), "mul") if gate is not None else dw(h)
         return last(d, res, "add_")
