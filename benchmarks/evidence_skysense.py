@@ -60,7 +60,8 @@ def plan(a: argparse.Namespace) -> dict[str, dict]:
 def write_splits(a: argparse.Namespace) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT))
     from rsvision.data.classification import load_or_create_splits, scan_class_folders
-    from rsvision.data.multimodal import read_dataset, write_pair_split_file
+    from rsvision.data.multimodal import read_dataset
+    from rsvision.data.pair_inputs import write_pair_split_file
 
     d = a.out / "splits"
     d.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Confusion-matrix metrics for segmentation and change detection (CONVENTIONS metric JSON).
+"""Confusion-matrix metrics for classification, segmentation and change detection (CONVENTIONS metric JSON).
 
 Everything derives from one integer confusion matrix ``cm[target, pred]`` so that training
 (torchmetrics ``MulticlassConfusionMatrix``, which syncs across processes), ``eval`` over whole
@@ -8,7 +8,7 @@ of the means, as mmsegmentation's ``nanmean`` does.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -103,4 +103,55 @@ def change_metrics(cm: np.ndarray | torch.Tensor, change_class: int = 1) -> dict
         "OA": po,
         "kappa": kappa,
         "confusion_matrix": cm.astype(np.int64).tolist(),
+    }
+
+
+def classification_metrics(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """CONVENTIONS classify JSON from a confusion matrix (rows true, columns predicted).
+
+    AA averages the per-class accuracies (recalls) of classes present in the evaluated set;
+    kappa is Cohen's kappa.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    support = cm.sum(1)
+    diag = np.diag(cm)
+    per = np.where(support > 0, diag / np.maximum(support, 1), np.nan)
+    po = diag.sum() / max(n, 1)
+    pe = float((cm.sum(0) * support).sum()) / max(n, 1) ** 2
+    kappa = (po - pe) / (1 - pe) if pe < 1 else 1.0
+    return {
+        "task": "classify",
+        "overall_accuracy": float(po),
+        "average_accuracy": float(np.nanmean(per)) if (support > 0).any() else 0.0,
+        "kappa": float(kappa),
+        "num_samples": n,
+        "per_class": {c: {"accuracy": None if np.isnan(a) else float(a), "support": int(s)}
+                      for c, a, s in zip(classes, per, support)},
+        "confusion_matrix": cm.tolist(),
+        "classes": list(classes),
+    }
+
+
+def multilabel_metrics(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str],
+                       threshold: float = 0.5) -> dict[str, Any]:
+    """CONVENTIONS multi-label JSON: macro mAP over classes with positives, micro / macro F1."""
+    from torchmetrics.functional.classification import multilabel_average_precision, multilabel_f1_score
+
+    k = len(classes)
+    t = targets.long()
+    ap = multilabel_average_precision(probs, t, num_labels=k, average="none")
+    f1 = multilabel_f1_score(probs, t, num_labels=k, threshold=threshold, average="none")
+    support = t.sum(0)
+    has = support > 0
+    return {
+        "task": "classify",
+        "multilabel": True,
+        "mAP": float(ap[has].mean()) if has.any() else 0.0,
+        "f1_micro": float(multilabel_f1_score(probs, t, num_labels=k, threshold=threshold, average="micro")),
+        "f1_macro": float(f1[has].mean()) if has.any() else 0.0,
+        "num_samples": int(len(t)),
+        "per_class": {c: {"AP": float(ap[i]) if has[i] else None, "f1": float(f1[i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
+        "classes": list(classes),
     }
