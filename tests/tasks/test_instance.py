@@ -125,6 +125,42 @@ def test_python_api(run, data, tmp_path):
     assert det.full_masks().shape == (len(det), 150, 170)
 
 
+class _Oracle(torch.nn.Module):
+    """A perfect "detector" of bright objects: one instance per connected region of band 0 > 0.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images, targets=None, image_sizes=None):
+        from scipy import ndimage
+
+        from rsvision.models.detectors.mask_rcnn import masks_to_boxes
+
+        outs = []
+        for img, (h, w) in zip(images, image_sizes):
+            lab, n = ndimage.label(img[0, :h, :w].numpy() > 0.5)
+            masks = torch.from_numpy(np.stack([lab == i + 1 for i in range(n)]).reshape(n, h, w))
+            outs.append({"boxes": masks_to_boxes(masks), "labels": torch.zeros(n, dtype=torch.long),
+                         "scores": torch.full((n,), 0.9), "masks": masks})
+        return outs
+
+
+def test_whole_scene_merge_keeps_each_object_once():
+    """Windows of 64 px overlapping by 32 on a 96 x 96 scene: a small object cut by window 0's right border
+    is dropped there (window 1 holds it whole); an object wider than the overlap is kept where it is whole."""
+    from rsvision.tasks.instance_scene import predict_instances
+
+    scene = np.zeros((1, 96, 96), np.float32)
+    scene[0, 10:20, 58:70] = 1.0  # crosses x = 64 (window 0's border), inside window 1 ([32, 96))
+    scene[0, 70:80, 20:60] = 1.0  # 40 px wide: whole only in window 0, cut at x = 32 in window 1
+    det = predict_instances(_Oracle(), scene, [0.0], [1.0], ["thing"], window=64, overlap=32)
+    assert det.stats["windows"] == 4 and det.stats["cut_by_window"] == 2 and len(det) == 2
+    full = det.full_masks().any(0).numpy()
+    np.testing.assert_array_equal(full, scene[0] > 0.5)
+    assert sorted(det.boxes.tolist()) == [[20.0, 70.0, 60.0, 80.0], [58.0, 10.0, 70.0, 20.0]]
+
+
 def test_geojson_in_the_rasters_crs(run, data, tmp_path):
     import rasterio
     from PIL import Image
