@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +51,11 @@ SPLIT_ROW = 768  # LoveDA / LEVIR-CD tiles are 1024 rows: 0..767 train, 768..102
 
 # Step budgets and sizes (equal for the three arms of a task). Measured and sized in the README.
 BUDGET = {
-    "pretrain": {"steps": 200, "img_size": 256, "batch_size": 3},
-    "classify": {"steps": 100, "img_size": 128, "batch_size": 16},
-    "segment": {"steps": 100, "img_size": 256, "batch_size": 4},
-    "change": {"steps": 100, "img_size": 256, "batch_size": 4},
-    "detect": {"steps": 100, "img_size": 256, "batch_size": 2},
+    "pretrain": {"steps": 120, "img_size": 256, "batch_size": 3},
+    "classify": {"steps": 80, "img_size": 128, "batch_size": 16},
+    "segment": {"steps": 80, "img_size": 128, "batch_size": 8},
+    "change": {"steps": 80, "img_size": 128, "batch_size": 8},
+    "detect": {"steps": 80, "img_size": 256, "batch_size": 2},
 }
 TASKS = ("classify", "segment", "change", "detect")
 ARMS = ("scratch", "seg", "mtp")
@@ -203,7 +203,7 @@ def finetune_cmd(task: str, arm: str, seed: int, out: Path) -> list[str]:
         return [*CLI, "segment", "train", "--config", str(ROOT / "configs" / "seg_loveda_upernet_lsknet_t.yaml"),
                 "--data", str(d / "loveda" / "train"), "--set", f"data.val_root={d / 'loveda' / 'test'}",
                 "--epochs", "1", "--set", f"data.samples_per_image={spi}", "--set", "model.channels=64",
-                "--set", "optim.lr=0.0005", "--set", "optim.warmup_steps=15", "--set", "sliding.size=256",
+                "--set", "optim.lr=0.0005", "--set", "optim.warmup_steps=15", "--set", f"sliding.size={b['img_size']}",
                 "--set", "sliding.overlap=0", *common]
     if task == "change":
         spi = -(-steps * b["batch_size"] // 6)
@@ -211,7 +211,7 @@ def finetune_cmd(task: str, arm: str, seed: int, out: Path) -> list[str]:
                 "--data", str(d / "levir" / "train"), "--set", f"data.val_root={d / 'levir' / 'test'}",
                 "--model", "lsknet_t", "--epochs", "1", "--set", f"data.samples_per_image={spi}",
                 "--set", "model.channels=64", "--set", "optim.lr=0.0005", "--set", "optim.warmup_steps=15",
-                "--set", "sliding.size=256", "--set", "sliding.overlap=0", *common]
+                "--set", f"sliding.size={b['img_size']}", "--set", "sliding.overlap=0", *common]
     if task == "detect":
         return [*CLI, "detect", "train", "--data", str(d / "det"), "--model", "lsknet_t", "--preset", "small",
                 "--epochs", "1000", "--set", f"data.classes={json.dumps(DET_CLASSES)}", "--set", "data.num_workers=0",
@@ -267,7 +267,8 @@ def table(rows: list[dict]) -> str:
 
 def write_report(out: Path, rows: list[dict], pre: dict, args) -> None:
     res = {"budget": BUDGET, "heldout": HELDOUT, "dota_pretrain": DOTA_PRETRAIN, "det_train": DET_TRAIN,
-           "seeds": args.seeds, "instance": args.instance, "pretrain": pre, "runs": rows}
+           "seeds": args.seeds, "instance": args.instance, "pretrain": pre,
+           "runs": sorted(rows, key=lambda r: (TASKS.index(r["task"]), ARMS.index(r["arm"]), r["seed"]))}
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(res, indent=2))
     tmp.replace(out / "results.json")
@@ -288,18 +289,29 @@ def main() -> None:
     cfgs = prepare(out, args.instance)
     if args.prepare_only:
         return
-    pre = {}
-    with ThreadPoolExecutor(args.jobs) as ex:
-        futs = {arm: ex.submit(train, f"pretrain_{arm}", [*CLI, "pretrain", "mtp", "--config", str(c)], out)
-                for arm, c in cfgs.items()}
-        for arm, f in futs.items():
-            f.result()
-            pre[arm] = json.loads((out / "runs" / f"pretrain_{arm}" / "train.done").read_text())
+    pre: dict = {}
     rows: list[dict] = []
-    jobs = [(t, a, s) for s in args.seeds for t in args.tasks for a in ARMS]  # seed 0 everywhere first
+    # one pool: the pretrainings first, then seed 0 of every cell, then the other seeds; a scratch cell
+    # runs while the pretrainings do, a pretrained cell waits for its encoder (submitted after it: no deadlock)
     with ThreadPoolExecutor(args.jobs) as ex:
-        futs = [ex.submit(finetune, t, a, s, out) for t, a, s in jobs]
-        for (t, a, s), f in zip(jobs, futs):
+        pf = {arm: ex.submit(train, f"pretrain_{arm}", [*CLI, "pretrain", "mtp", "--config", str(c)], out)
+              for arm, c in cfgs.items()}
+
+        def cell(t: str, a: str, s: int) -> dict:
+            if a in pf:
+                pf[a].result()
+            return finetune(t, a, s, out)
+
+        jobs = [(t, a, s) for s in args.seeds for a in ARMS for t in args.tasks]
+        futs = {ex.submit(cell, t, a, s): (t, a, s) for t, a, s in jobs}
+        for arm, f in pf.items():
+            try:
+                f.result()
+                pre[arm] = json.loads((out / "runs" / f"pretrain_{arm}" / "train.done").read_text())
+            except Exception as exc:
+                log(f"FAILED pretrain {arm}: {exc}")
+        for f in as_completed(futs):
+            t, a, s = futs[f]
             try:
                 rows.append(f.result())
             except Exception as exc:  # one broken cell must not hide the others
