@@ -12,6 +12,8 @@ from rsvision.cli._common import (
     RgbOpt, ScoreThrOpt, SplitFileOpt, SplitOpt, TtaOpt, check_writable_file, console, parse_rgb, progress_bar,
     train_command, write_json,
 )
+from rsvision.cli._batch import run_many, wants_batch
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
 
 app = typer.Typer(help="Instance segmentation (Mask R-CNN over any backbone): train, evaluate (mask AP), predict.",
                   no_args_is_help=True)
@@ -112,15 +114,22 @@ def predict(
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the results (boxes / masks) on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True,
+    cluster: ClusterOpt = None, assets: AssetsOpt = None, crs: CrsOpt = None,
 ) -> None:
     """Segment object instances in images or rasters of any size: per image a PNG with the masks, a JSON of
     the instances (class, score, box, outline in pixels) and, for georeferenced rasters, GeoJSON polygons in
-    the raster's CRS. --score-thr, --classes and --max-det apply to every output."""
+    the raster's CRS. --score-thr, --classes and --max-det apply to every output. With --cluster (or STAC
+    inputs): one folder per scene, resumable (README "Many scenes")."""
     from rich.table import Table
 
     from rsvision.tasks import predict as predict_task
 
     _tta(tta)
+    if wants_batch(cluster, inputs, assets):
+        return run_many(checkpoint, inputs, out, cluster, assets, crs, device, exist_ok, "instance", window=window,
+                        overlap=overlap, nms_iou=nms_iou, score_thr=score_thr or 0.0, classes=_classes(classes),
+                        max_det=max_det, batch_size=batch_size, png=png, geojson=geojson, labels=labels,
+                        rgb=parse_rgb(rgb, 1 << 16), fast=fast)
     task = _load(checkpoint, device)
     bands = parse_rgb(rgb, len(task.hparams.mean))
     t = Table(title=f"instances (score >= {score_thr})")
