@@ -259,7 +259,10 @@ class InstanceTask(BaseTask):
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        res = mask_ap_results(self._val["map"].compute(), self.classes, self._val["num_gt"].tolist())
+        num_gt = torch.as_tensor(self._val["num_gt"], device=self.device)
+        if self._trainer is not None and self._trainer.world_size > 1:  # torchmetrics syncs its own state
+            torch.distributed.all_reduce(num_gt)
+        res = mask_ap_results(self._val["map"].compute(), self.classes, num_gt.tolist())
         self.last_val_metrics = res
         self._val = {}
         self.log("val/mAP", float(res["mAP"] or 0.0), prog_bar=True, sync_dist=False)
