@@ -192,7 +192,8 @@ class InstanceTask(BaseTask):
         data["mean"], data["std"] = [float(v) for v in data["mean"]], [float(v) for v in data["std"]]
         data["bands"] = list(data.get("bands") or range(len(data["mean"])))
         if not len(data["mean"]) == len(data["std"]) == len(data["bands"]):
-            raise ConfigError(f"{len(data['bands'])} bands but mean/std have {len(data['mean'])}/{len(data['std'])} values")
+            raise ConfigError(f"{len(data['bands'])} bands but mean/std have "
+                              f"{len(data['mean'])}/{len(data['std'])} values")
         for k, v in (("img_size", 512), ("batch_size", 2), ("format", None), ("reader", {}), ("dtype", None)):
             data.setdefault(k, v)
         model = dict(model, class_names=classes, num_classes=len(classes), in_chans=len(data["bands"]))
@@ -385,7 +386,8 @@ class InstanceTask(BaseTask):
         spec = reader_spec(data, fmt, opts, None if fmt == "isaid" else self.classes)
         reader = open_reader(spec)
         if list(reader.classes) != self.classes:
-            raise ConfigError(f"dataset classes {reader.classes} differ from the checkpoint's {self.classes}", path=data)
+            raise ConfigError(f"dataset classes {reader.classes} differ from the checkpoint's {self.classes}",
+                              path=data)
         if split is not None:
             from rsvision.data.splits import find_split_file, keep_split, read_splits
 

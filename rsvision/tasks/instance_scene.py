@@ -157,7 +157,8 @@ def predict_instances(model: torch.nn.Module, source: Any, mean: Sequence[float]
     t0 = time.perf_counter()
     try:
         for n, group, imgs in prefetch(batches()):
-            outs = model(pad_to_multiple(imgs, 32).to(dev), image_sizes=[tuple(x.shape[-2:]) for x in imgs]) if imgs else []
+            sizes = [tuple(x.shape[-2:]) for x in imgs]
+            outs = model(pad_to_multiple(imgs, 32).to(dev), image_sizes=sizes) if imgs else []
             for w, out in zip(group, outs):
                 b = out["boxes"].detach().float().cpu().numpy()
                 sc = out["scores"].detach().float().cpu()
