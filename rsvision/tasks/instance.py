@@ -194,7 +194,8 @@ class InstanceTask(BaseTask):
         if not len(data["mean"]) == len(data["std"]) == len(data["bands"]):
             raise ConfigError(f"{len(data['bands'])} bands but mean/std have "
                               f"{len(data['mean'])}/{len(data['std'])} values")
-        for k, v in (("img_size", 512), ("batch_size", 2), ("format", None), ("reader", {}), ("dtype", None)):
+        for k, v in (("img_size", 512), ("batch_size", 2), ("format", None), ("reader", {}), ("dtype", None),
+                     ("gsd", None)):
             data.setdefault(k, v)
         model = dict(model, class_names=classes, num_classes=len(classes), in_chans=len(data["bands"]))
         super().__init__(model, data, optim, eval=to_plain(InstanceEvalConfig(**dict(eval or {}))))
