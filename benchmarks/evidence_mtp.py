@@ -265,6 +265,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def loss_summary(run_dir: Path) -> dict:
+    """Logged training loss of a pretraining run: the first value, the mean of the last five."""
+    import csv
+
+    with open(run_dir / "metrics.csv") as f:
+        v = [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+    return {"steps_logged": [v[0][0], v[-1][0]], "loss_first": v[0][1],
+            "loss_last5_mean": statistics.mean(x for _, x in v[-5:])} if v else {}
+
+
+def collect(out: Path, seeds: list[int], tasks: list[str]) -> tuple[dict, list[dict]]:
+    """What has finished so far (``--report-only``): pretraining runs and every scored cell."""
+    pre, rows = {}, []
+    for arm in ("mtp", "seg"):
+        done = out / "runs" / f"pretrain_{arm}" / "train.done"
+        if done.exists():
+            pre[arm] = {**json.loads(done.read_text()), **loss_summary(done.parent)}
+    for s in seeds:
+        for t in tasks:
+            for a in ARMS:
+                name = f"{t}_{a}_s{s}"
+                js, done = out / "eval" / f"{name}.json", out / "runs" / name / "train.done"
+                if js.exists() and done.exists():
+                    d = json.loads(done.read_text())
+                    rows.append({"task": t, "arm": a, "seed": s, "metric": METRIC[t],
+                                 "value": json.loads(js.read_text())[METRIC[t]], "train_seconds": d["seconds"],
+                                 "resumed": d["resumed"]})
+    return pre, rows
+
+
 def write_report(out: Path, rows: list[dict], pre: dict, args) -> None:
     res = {"budget": BUDGET, "heldout": HELDOUT, "dota_pretrain": DOTA_PRETRAIN, "det_train": DET_TRAIN,
            "seeds": args.seeds, "instance": args.instance, "pretrain": pre,
@@ -283,9 +313,15 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each one thread)")
     ap.add_argument("--instance", action="store_true", help="MTP arm adds model.tasks instance (Mask R-CNN)")
     ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="only collect finished runs into the report")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        pre, rows = collect(out, args.seeds, args.tasks)
+        write_report(out, rows, pre, args)
+        print(table(rows))
+        return
     cfgs = prepare(out, args.instance)
     if args.prepare_only:
         return
@@ -307,7 +343,8 @@ def main() -> None:
         for arm, f in pf.items():
             try:
                 f.result()
-                pre[arm] = json.loads((out / "runs" / f"pretrain_{arm}" / "train.done").read_text())
+                rd = out / "runs" / f"pretrain_{arm}"
+                pre[arm] = {**json.loads((rd / "train.done").read_text()), **loss_summary(rd)}
             except Exception as exc:
                 log(f"FAILED pretrain {arm}: {exc}")
         for f in as_completed(futs):
