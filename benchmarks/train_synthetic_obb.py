@@ -7,6 +7,7 @@ DOTA evaluation as ``rsvision detect eval``. Prints (and writes ``result.json``)
 per-class AP and wall times. Target: mAP >= 0.7 within 20 minutes on 2 CPU cores.
 
     python benchmarks/train_synthetic_obb.py --minutes 20   # 1 compute thread + 1 data worker = 2 cores
+    python benchmarks/train_synthetic_obb.py --preset small --epochs 6 --minutes 600   # presets at equal epochs
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="compute threads (a data worker uses another core)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default=None, choices=("tiny", "small", "published"),
+                    help="detector widths and proposal counts of this preset (default: the config's own)")
     ap.add_argument("--set", dest="set_", action="append", default=[], help="config override key=value")
     args = ap.parse_args(argv)
 
@@ -55,6 +58,12 @@ def main(argv=None) -> dict:
                  "trainer.progress": "none" if not sys.stdout.isatty() else "rich"}
     if args.epochs:
         overrides["trainer.max_epochs"] = args.epochs
+    if args.preset:  # the config sets widths explicitly (explicit values win over a preset): replace them
+        from rsvision.tasks.detection import DETECT_PRESETS
+
+        p = DETECT_PRESETS[args.preset]
+        overrides.update({"model.preset": args.preset, "model.fpn_channels": p["fpn_channels"],
+                          "model.fc_channels": p["fc_channels"], "model.kwargs.rpn": dict(p["rpn"])})
     overrides.update(parse_set(args.set_))
     cfg = load_config(args.config, DetectConfig, overrides)
     t1 = time.time()
@@ -65,7 +74,7 @@ def main(argv=None) -> dict:
     t2 = time.time()
     res = evaluate(task, data / "test", dets=Path(args.out) / "test_dets", batch_size=4, iou_thr=0.5, metric="voc07")
     t_eval = time.time() - t2
-    out = {"benchmark": "train_synthetic_obb", "mAP@0.5": res["mAP"], "AP": res["AP"], "num_gt": res["num_gt"],
+    out = {"benchmark": "train_synthetic_obb", "preset": args.preset, "mAP@0.5": res["mAP"], "AP": res["AP"], "num_gt": res["num_gt"],
            "train_images": args.train_images, "test_images": args.test_images, "size": args.size,
            "threads": args.threads, "device": args.device, "epochs_done": torch.load(best, weights_only=True)["epoch"] + 1
            if best else None, "wall_s": {"generate": round(t_gen, 1), "train": round(t_train, 1), "eval": round(t_eval, 1)},
