@@ -126,3 +126,24 @@ def test_bad_inputs_are_named(tmp_path):
     broken = dict(s.files, B03=str(tmp_path / "missing_B03.tif"))
     with pytest.raises(DataError, match="missing_B03.tif"):
         stack_bands(broken, ["B02", "B03"])
+
+
+def test_index_csv_reads_both_sources_and_split_files_replace_splits(tmp_path):
+    from rsvision.data.multimodal import detect_format
+    from rsvision.data.pair_inputs import write_pair_split_file
+
+    root, index = _index()
+    assert detect_format(root) == "index"
+    samples = read_dataset(root)
+    parts = read_dataset(root / "bigearthnet_v1_configilm") + read_dataset(root / "reben_configilm")
+    assert len(samples) == 54 and [s.id for s in samples] == list(index)
+    assert {s.id: (s.split, s.labels, dict(s.files)) for s in samples} == \
+        {s.id: (s.split, s.labels, dict(s.files)) for s in parts}
+    assert {k: sum(s.split == k for s in samples) for k in ("train", "val", "test")} == {"train": 18, "val": 18, "test": 18}
+    f = write_pair_split_file(tmp_path / "split.csv", {s.id: "val" if s.split == "test" else "train" for s in samples[:40]})
+    again = read_dataset(root, split_file=f)
+    assert [s.id for s in again] == [s.id for s in samples[:40]]  # unlisted pairs are dropped
+    assert [s.split for s in again] == ["val" if s.split == "test" else "train" for s in samples[:40]]
+    (tmp_path / "bad.csv").write_text("split,path\ntrain,no_such_pair\n")
+    with pytest.raises(DataError, match="no_such_pair"):
+        read_dataset(root, split_file=tmp_path / "bad.csv")

@@ -133,3 +133,34 @@ def test_views_are_finite_on_real_pairs():
     base.stats = base.band_stats()
     item = MultiCropDataset(base, MultiCropViews(48, 24), seed=0)[1]
     assert all(np.isfinite(v[m].numpy()).all() for v in item["global"] + item["local"] for m in v)
+
+
+def test_ssl_on_scene_images_as_the_hr_modality(tmp_path):
+    """data.format images: RSSCN7 class folders (labels unused), the split file's train images only."""
+    import timm
+
+    from rsvision.data.image_views import image_datasets
+    from rsvision.models import load_checkpoint
+
+    root = shared_path("data", "rsscn7", "train")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())[:2]
+    files = [f"{c}/{p.name}" for c in classes for p in sorted((root / c).glob("*.jpg"))[:5]]
+    split = tmp_path / "split.csv"
+    split.write_text("split,path,label\n" + "".join(f"{'train' if i % 5 else 'val'},{f},x\n" for i, f in enumerate(files)))
+    ds = image_datasets(root, {"hr": ["R", "G", "B"]}, 40, split)
+    assert {k: len(v) for k, v in ds.items()} == {"train": 8, "val": 2}
+    assert ds["train"].read(0)["hr"].shape == (3, 40, 40) and ds["train"].samples[0].id.endswith(files[1])
+    with pytest.raises(Exception, match="one modality"):
+        image_datasets(root, {"hr": ["R", "G", "B"], "s1": ["VV", "VH"]}, 40, split)
+    cfg = _cfg(root, tmp_path / "ssl", epochs=2)
+    cfg.data.format, cfg.data.split_file, cfg.data.modalities = "images", str(split), {"hr": ["R", "G", "B"]}
+    cfg.data.batch_size = 4
+    res = train(cfg)
+    enc = torch.load(tmp_path / "ssl" / "encoder.pth", weights_only=True)
+    assert enc["meta"]["modalities"] == {"hr": ["R", "G", "B"]} and len(enc["meta"]["mean"]) == 3
+    net = timm.create_model("skysense_v2_tiny", num_classes=7, in_chans=3, **SMALL)  # what classify builds for RGB
+    report = load_checkpoint(net, tmp_path / "ssl" / "encoder.pth")
+    # everything but the head and the S1 / S2 tokenizers and prompts comes from the encoder
+    assert not report.unexpected and report.missing
+    assert all(k.startswith("head.") or ".s1" in k or ".s2" in k for k in report.missing), report.missing[:5]
+    assert res.checkpoint.exists()
