@@ -25,6 +25,9 @@ from rsvision.outputs import LOCK_NAME, claim_dir
 DET_MODEL = {"type": "OrientedRCNN", "backbone": "lsknet_t", "fpn_channels": 16, "fc_channels": 32,
              "backbone_drop_rate": 0.0, "backbone_drop_path_rate": 0.0,
              "rpn": {"nms_pre": 50, "max_per_img": 20}, "rcnn": {"max_per_img": 10}}
+INST_MODEL = {"type": "MaskRCNN", "backbone": "lsknet_t", "backbone_drop_path_rate": 0.0,
+              "backbone_kwargs": {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
+              "decoder": {"fpn_channels": 16, "representation_size": 32, "mask_channels": 16, "mask_layers": 1}}
 
 
 class Result:
@@ -62,6 +65,7 @@ def ckpts(tmp_path_factory):
     from rsvision.tasks.change import ChangeTask
     from rsvision.tasks.classification import ClassificationTask
     from rsvision.tasks.detection import DetectionTask
+    from rsvision.tasks.instance import InstanceTask
     from rsvision.tasks.segmentation import SegmentationTask
 
     d = tmp_path_factory.mktemp("ckpts")
@@ -79,6 +83,8 @@ def ckpts(tmp_path_factory):
                         d / "change.ckpt"),
         "detect": _save(DetectionTask(model=DET_MODEL, data=dict(class_names=["ship", "car"], img_size=64, **rgb)),
                         d / "detect.ckpt"),
+        "instance": _save(InstanceTask(model=INST_MODEL, data=dict(classes=["ship", "car"], img_size=64, **rgb)),
+                          d / "instance.ckpt"),
     }
 
 
@@ -169,7 +175,7 @@ def _predict(task, ckpts, files, out, *extra, partner=None):
     return run([task, "predict", "--checkpoint", ckpts[task], *files, "--out", str(out), *extra])
 
 
-TASKS = ["classify", "segment", "change", "detect"]
+TASKS = ["classify", "segment", "change", "detect", "instance"]
 BAD = ["truncated.png", "truncated.jpg", "truncated.tif", "empty.png", "empty.tif", "huge.png", "five_bands.tif",
        "complex.tif", "all_nodata.tif", "all_nan.tif", "missing.png", "not_an_image.png", "sparse_huge.tif"]
 HANDLED = ["nan_partial.tif", "uint16.tif", "one_pixel.png", "tiny_5x3.tif"]

@@ -145,13 +145,14 @@ def predict_instances(model: torch.nn.Module, source: Any, mean: Sequence[float]
         bar.start()
         job = bar.add_task("segmenting instances", total=len(wins))
     boxes, scores, labels, masks, origins = [], [], [], [], []
-    done = skipped = cut = 0
+    done = skipped = cut = read_px = 0
 
     def batches():
-        nonlocal skipped
+        nonlocal skipped, read_px
         for group in batched(wins, batch_size):
             keep = [w for w in group if src.any_valid(w)]
             skipped += len(group) - len(keep)
+            read_px += sum(w.width * w.height for w in keep)
             yield len(group), keep, [normalize(torch.from_numpy(np.ascontiguousarray(src.read(w))), m, s) for w in keep]
 
     t0 = time.perf_counter()
@@ -190,8 +191,9 @@ def predict_instances(model: torch.nn.Module, source: Any, mean: Sequence[float]
         transform, crs, path = getattr(src, "transform", None), getattr(src, "crs", None), getattr(src, "path", None)
         if hasattr(src, "close") and src is not source and not isinstance(source, (np.ndarray, torch.Tensor)):
             src.close()
-    if wins and skipped == len(wins):
-        raise DataError("no usable pixels (all nodata): nothing segmented", path=path)
+    invalid = int(getattr(src, "invalid_pixels", 0))
+    if wins and (skipped == len(wins) or (read_px and invalid >= read_px)):
+        raise DataError("no usable pixels (all nodata, NaN or inf): nothing segmented", path=path)
     bt = torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
     st, lt = torch.tensor(scores, dtype=torch.float32), torch.tensor(labels, dtype=torch.long)
     n_raw = len(bt)
@@ -204,7 +206,7 @@ def predict_instances(model: torch.nn.Module, source: Any, mean: Sequence[float]
                           np.asarray([origins[i] for i in ii], np.int64).reshape(-1, 2), H, W, list(class_names),
                           transform, crs, str(path) if path is not None else None,
                           {"windows": len(wins), "windows_skipped": skipped, "raw_instances": n_raw,
-                           "cut_by_window": cut, "invalid_pixels": int(getattr(src, "invalid_pixels", 0)),
+                           "cut_by_window": cut, "invalid_pixels": invalid,
                            "seconds": round(seconds, 3)})
 
 
