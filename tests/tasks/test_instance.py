@@ -296,3 +296,37 @@ def test_shared_data_trains_and_scores(shared, tmp_path, folder, fmt, stem):
     m = evaluate(task, one, window=512, overlap=64, max_det=20)
     assert m["task"] == "instance" and m["images"] == 1 and len(m["per_image"]) == 1
     assert sum(m["num_gt"].values()) > 0 and set(m["AP"]) == set(task.classes)
+
+
+def test_same_seed_same_run_and_exact_resume(data, tmp_path):
+    """Two runs with one seed give bitwise the same weights; a run killed in epoch 2 resumes to them too."""
+    import lightning as L
+
+    from rsvision.config import load_config
+    from rsvision.tasks import train
+    from rsvision.tasks.instance import InstanceConfig
+
+    class Kill(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("simulated kill")
+
+    def cfg(out):
+        over = {"data.root": str(data), "trainer.out": str(out), "trainer.max_epochs": 3, "trainer.seed": 4,
+                "data.img_size": 64, "data.batch_size": 4, "model.backbone_drop_path_rate": 0.1,
+                "model.backbone_kwargs": {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
+                "model.decoder": {"fpn_channels": 16, "representation_size": 32, "mask_channels": 16,
+                                  "mask_layers": 1, "anchor_scale": 4.0, "box_batch_size_per_image": 64}}
+        return load_config(CONFIG, InstanceConfig, over)
+
+    train(cfg(tmp_path / "a"))
+    train(cfg(tmp_path / "b"))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg(tmp_path / "c"), callbacks=[Kill()])
+    c = cfg(tmp_path / "c")
+    c.trainer.resume = True
+    train(c)
+    sd = {k: torch.load(tmp_path / k / "last.ckpt", weights_only=True)["state_dict"] for k in "abc"}
+    for k, v in sd["a"].items():
+        assert torch.equal(v, sd["b"][k]) and torch.equal(v, sd["c"][k]), k
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
