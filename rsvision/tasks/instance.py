@@ -303,9 +303,6 @@ class InstanceTask(BaseTask):
         d.classes, d.mean, d.std = self.classes, list(self.hparams.mean), list(self.hparams.std)
         d.format = self.hparams.get("format")
 
-    def _milestones(self) -> list[int]:
-        return self.optim_cfg.milestones_for(self.max_epochs())
-
     def trainer_defaults(self) -> dict[str, Any]:
         return {} if getattr(self, "validate", True) else {"limit_val_batches": 0}
 
