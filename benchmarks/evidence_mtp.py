@@ -338,10 +338,12 @@ def main() -> None:
                 pf[a].result()
             return finetune(t, a, s, out)
 
-        # first seed arm by arm (scratch cells overlap the pretrainings), later seeds task by task (a seed
-        # cut short by the clock still gives whole scratch / seg / mtp triples)
+        # first seed arm by arm (scratch cells overlap the pretrainings); later seeds as whole scratch / seg /
+        # mtp triples, the cheap tasks (classify, segment) for every seed before the slow ones (change, detect),
+        # so a run cut short by the clock still has whole triples
         jobs = [(t, a, args.seeds[0]) for a in ARMS for t in args.tasks]
-        jobs += [(t, a, s) for s in args.seeds[1:] for t in args.tasks for a in ARMS]
+        for group in (("classify", "segment"), ("change", "detect")):
+            jobs += [(t, a, s) for s in args.seeds[1:] for t in args.tasks if t in group for a in ARMS]
         futs = {ex.submit(cell, t, a, s): (t, a, s) for t, a, s in jobs}
         for arm, f in pf.items():
             try:
