@@ -15,11 +15,11 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from rsvision.data.multimodal import PairSample
+from rsvision.data.multimodal import PairSample, SSLDataModule
 from rsvision.data.raster import compute_band_stats
 from rsvision.errors import ConfigError, DataError
 
-__all__ = ["ImageModalityDataset", "image_datasets"]
+__all__ = ["ImageModalityDataset", "ImageSSLDataModule", "image_datasets"]
 
 
 class ImageModalityDataset:
@@ -68,3 +68,17 @@ def image_datasets(root: str | Path, modalities: Mapping[str, Sequence[str]], si
     if not by_split.get("train"):
         raise DataError("no training images (check data.split_file)", path=split_file or root)
     return {sp: ImageModalityDataset(paths, m, bands, size) for sp, paths in by_split.items()}
+
+
+class ImageSSLDataModule(SSLDataModule):
+    """``format: images``: scene class folders as one modality (e.g. RSSCN7 as ``hr``) for ``pretrain ssl``."""
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        c = self.cfg
+        if self.datasets:
+            return
+        self.datasets = image_datasets(c.root, c.modalities, self.source_size or 2 * c.img_size, c.split_file)
+        self.stats = ({m: (list(c.mean[m]), list(c.std[m])) for m in c.modalities} if c.mean and c.std
+                      else self.datasets["train"].band_stats())
+        for ds in self.datasets.values():
+            ds.stats = self.stats

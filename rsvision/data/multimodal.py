@@ -540,19 +540,6 @@ class SSLDataModule(MultimodalDataModule):
         super().__init__(cfg, seed)
         self.views, self.source_size = views, source_size
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        """``format: images``: scene class folders as one modality (:mod:`rsvision.data.image_views`)."""
-        c = self.cfg
-        if c.format != "images" or self.datasets:
-            return super().setup(stage)
-        from rsvision.data.image_views import image_datasets
-
-        self.datasets = image_datasets(c.root, c.modalities, self.source_size or 2 * c.img_size, c.split_file)
-        self.stats = ({m: (list(c.mean[m]), list(c.std[m])) for m in c.modalities} if c.mean and c.std
-                      else self.datasets["train"].band_stats())
-        for ds in self.datasets.values():
-            ds.stats = self.stats
-
     def crops(self, name: str) -> MultiCropDataset:
         return MultiCropDataset(self.datasets[name], self.views, self.seed)
 

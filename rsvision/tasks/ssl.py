@@ -217,7 +217,11 @@ class SSLTask(BaseTask):
                                     eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
                                     split_file=d.split_file)
         views = MultiCropViews(d.img_size, d.local_size, 2, d.n_local, d.global_scale, d.local_scale)
-        dm = SSLDataModule(mcfg, views, seed=cfg.trainer.seed, source_size=d.source_size or 0)
+        if d.format == "images":  # scene class folders as one modality
+            from rsvision.data.image_views import ImageSSLDataModule as Module
+        else:
+            Module = SSLDataModule
+        dm = Module(mcfg, views, seed=cfg.trainer.seed, source_size=d.source_size or 0)
         dm.setup("fit")
         return dm
 
