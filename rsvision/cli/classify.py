@@ -102,12 +102,15 @@ def predict(
     from rsvision.tasks import load_task, predict as predict_task
 
     if wants_batch(cluster, inputs, assets):
+        from rsvision.models.checkpoints import read_checkpoint
+
+        if modalities or (read_checkpoint(checkpoint).get("hyper_parameters") or {}).get("modalities"):
+            raise ConfigError("S1 / S2 pair checkpoints predict in one process: --cluster / --assets / STAC inputs "
+                              "are for image scenes")
         return run_many(checkpoint, inputs, out, cluster, assets, crs, device, exist_ok, "classify",
                         batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad, fast=fast, tta=tta,
                         score_thr=score_thr)
     task = load_task(checkpoint, device or "auto")
-    if modalities and (cluster or assets):
-        raise ConfigError("--modalities is not supported with --cluster / --assets")
     preds = list(predict_task(task, inputs, out, batch_size=batch_size or 16, top_k=top_k, skip_bad=skip_bad,
                               exist_ok=exist_ok, fast=fast, tta=tta, score_thr=score_thr,
                               modalities=_modalities(modalities)))

@@ -152,3 +152,7 @@ def test_predict_pairs_cli(pair_ckpt, tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     rows = _rows(tmp_path / "p" / "predictions.csv")
     assert len(rows) == len(list(patch.parent.iterdir())) and {r["modalities"] for r in rows} == {"s2"}
+    r = CliRunner().invoke(app, ["classify", "predict", "--checkpoint", str(pair_ckpt), str(patch.parent),
+                                 "--cluster", "local:1", "--out", str(tmp_path / "q")])
+    assert r.exit_code != 0 and "pair checkpoints predict in one process" in r.output + repr(r.exception)
+    assert not (tmp_path / "q").exists()
