@@ -45,7 +45,8 @@ def merge_results(task: str, out: Path, manifests: Sequence[dict], hp: dict, crs
         for f in files:
             if "json" in f:
                 preds += json.loads((out / f["json"]).read_text())["predictions"]
-        _write_predictions(SimpleNamespace(classes=list(hp.get("classes") or [])), preds, out)
+        _write_predictions(SimpleNamespace(classes=list(hp.get("classes") or []),
+                                           multilabel=bool(hp.get("multilabel")), hparams=hp), preds, out)
         outputs["predictions"] = [str(out / "predictions.json"), str(out / "predictions.csv")]
     return outputs
 
