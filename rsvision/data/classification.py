@@ -58,7 +58,8 @@ class ClassificationDataConfig:
     csv: str | None = None  # multi-label CSV; its paths are relative to `root` (default: the CSV's folder)
     multilabel: bool = False
     classes: list[str] | None = None  # default: sorted folder names / CSV columns
-    # images (class folders / csv) | pairs, bigearthnet_v1, reben: S1 / S2 pairs (rsvision.data.multimodal, multi-label)
+    # images (class folders / csv) | pairs, index, bigearthnet_v1, reben: S1 / S2 pairs (rsvision.data.multimodal,
+    # multi-label; pairs: detected, index: a folder with index.csv; split_file then lists pair ids)
     format: str = "images"
     modalities: dict[str, list[str]] | None = None  # pairs: backbone modality -> bands (default S2 10 bands + S1)
     split_file: str | None = None  # read when it exists, else written (default: <run dir>/splits.csv)

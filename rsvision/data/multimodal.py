@@ -16,6 +16,8 @@ Layouts (as in ``../shared/data/multimodal/SOURCES.md``):
 * reBEN: ``BigEarthNet-S2/<product>/<patch>/<patch>_<band>.tif`` (product: the patch id without its
   ``_row_col``; for S1 also without ``_<tile>``), same for S1, labels / split / S1 name from the official ``metadata*.parquet``
   (``validation`` is read as ``val``);
+* the shared folder's ``index.csv`` (``source, pair_id, split, s1_dir, s2_dir, s1_prefix, s2_prefix, labels_19``):
+  every labelled pair of the BigEarthNet v1.0 and reBEN folders below it, read through it (format ``index``);
 * SSL4EO-S12: ``s1/<loc>/<product>/{VV,VH}.tif``, ``s2a`` (L2A) or ``s2c`` (L1C) ``/<loc>/<date>/B1..B12.tif``;
   unlabelled; the k-th S1 and k-th S2 acquisition of a location (in date order) form season k.
 
