@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 S2 = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
 MODS = {"s1": {"s1": ["VV", "VH"]}, "s2": {"s2": S2}, "s1s2": {"s2": S2, "s1": ["VV", "VH"]}}
+ARMS = ("scratch", "ssl", "scratchcpu")
 ROW_NAMES = {"s1": "S1", "s2": "S2", "s1s2": "S1+S2", "s1s2_on_s2": "S1+S2 -> S2 (missing S1)", "rsscn7": "RSSCN7"}
 
 
@@ -54,6 +55,9 @@ def plan(a: argparse.Namespace) -> dict[str, dict]:
                                                   steps=a.pre_steps + a.ft_steps)
             runs[f"ft_{row}_ssl_s{s}"] = dict(kind="ft", data=data, row=row, arm="ssl", seed=s, steps=a.ft_steps,
                                               after=f"ssl_{data}_s{s}")
+            if a.cpu_steps:  # scratch at the SSL arm's CPU time instead of its step count
+                runs[f"ft_{row}_scratchcpu_s{s}"] = dict(kind="ft", data=data, row=row, arm="scratchcpu", seed=s,
+                                                         steps=a.cpu_steps)
     return runs
 
 
@@ -191,7 +195,7 @@ def summarise(a: argparse.Namespace) -> dict:
         metric = "overall_accuracy" if row == "rsscn7" else "mAP"
         line = {"row": ROW_NAMES[row], "metric": "OA" if row == "rsscn7" else "mAP (macro)",
                 "random": ref["rsscn7_OA" if row == "rsscn7" else "pairs_mAP"]}
-        for arm in ("scratch", "ssl"):
+        for arm in ARMS[: 3 if a.cpu_steps else 2]:
             done = [res[f"ft_{src}_{arm}_s{s}"] for s in a.seeds if f"ft_{src}_{arm}_s{s}" in res]
             vals = [d["metrics" + suffix][metric] for d in done]
             extra = [d["metrics" + suffix]["f1_micro" if row != "rsscn7" else "kappa"] for d in done]
@@ -201,7 +205,7 @@ def summarise(a: argparse.Namespace) -> dict:
             line[arm] = {"values": vals, "mean_std": _ms(vals), "second": _ms(extra),
                          "cpu_s_mean": round(float(np.mean(cpus)), 1) if cpus else None}
         rows.append(line)
-    summary = {"pre_steps": a.pre_steps, "ft_steps": a.ft_steps, "seeds": a.seeds, "pair_batch": a.pair_batch,
+    summary = {"pre_steps": a.pre_steps, "ft_steps": a.ft_steps, "cpu_steps": a.cpu_steps, "seeds": a.seeds, "pair_batch": a.pair_batch,
                "img_batch": a.img_batch, "pair_size": a.pair_size, "img_size": a.img_size, "rows": rows,
                "runs_done": len(res), "runs_planned": len(plan(a))}
     P, F = a.pre_steps, a.ft_steps
@@ -212,6 +216,11 @@ def summarise(a: argparse.Namespace) -> dict:
         md.append(f"| {ln['row']} | {ln['metric']} | {ln['random']:.3f} | {ln['scratch']['mean_std']} | {ln['ssl']['mean_std']} | "
                   f"{second} {ln['scratch']['second']} / {ln['ssl']['second']} | "
                   f"{ln['scratch']['cpu_s_mean']} / {ln['ssl']['cpu_s_mean']} |")
+    if a.cpu_steps:
+        md += ["", f"| row | scratch at the SSL arm's CPU time ({a.cpu_steps} steps) | second metric | CPU s |",
+               "|---|---|---|---|"]
+        md += [f"| {ln['row']} | {ln['scratchcpu']['mean_std']} | {ln['scratchcpu']['second']} | "
+               f"{ln['scratchcpu']['cpu_s_mean']} |" for ln in rows]
     (a.out / "evidence.json").write_text(json.dumps(summary, indent=1))
     (a.out / "evidence.md").write_text("\n".join(md) + f"\n\n{len(res)} of {len(plan(a))} runs finished.\n")
     return summary
@@ -225,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--pre-steps", type=int, default=60, help="P: SSL pretraining steps")
     p.add_argument("--ft-steps", type=int, default=60, help="F: fine-tuning steps of the SSL arm")
+    p.add_argument("--cpu-steps", type=int, default=0,
+                   help="also a scratch arm of N fine-tuning steps (N chosen so its CPU time matches the SSL arm's)")
     p.add_argument("--pair-batch", type=int, default=8)
     p.add_argument("--img-batch", type=int, default=16)
     p.add_argument("--pair-size", type=int, default=32, help="S1 / S2 crops resized to N px (120 px patches)")
@@ -243,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     done_ok = lambda n: (a.out / "results" / f"{n}.json").exists()  # noqa: E731
     worker = [sys.executable, __file__, "--out", str(a.out), "--pairs", str(a.pairs), "--rsscn7", str(a.rsscn7),
               "--seeds", *map(str, a.seeds), "--pre-steps", str(a.pre_steps), "--ft-steps", str(a.ft_steps),
+              "--cpu-steps", str(a.cpu_steps),
               "--pair-batch", str(a.pair_batch), "--img-batch", str(a.img_batch), "--pair-size", str(a.pair_size),
               "--img-size", str(a.img_size), "--lr", str(a.lr)]
     failed: set[str] = set()
