@@ -27,6 +27,7 @@ import torch
 from rsvision.data.tiling import Window, batched, prefetch, sliding_windows
 from rsvision.errors import BandMismatchError, ConfigError, DataError
 from rsvision.runtime import kept_memory
+from rsvision.tasks.predict_scene import select_detections
 
 __all__ = ["SceneInstances", "predict_instances", "write_instance_outputs"]
 
@@ -54,18 +55,7 @@ class SceneInstances:
     def filtered(self, score_thr: float = 0.0, classes: Sequence[str] | None = None,
                  max_det: int | None = None) -> "SceneInstances":
         """Instances scoring >= ``score_thr`` of the named ``classes`` (None: all), at most ``max_det``, best first."""
-        keep = self.scores >= score_thr
-        if classes is not None:
-            unknown = sorted(set(classes) - set(self.class_names))
-            if unknown:
-                raise ConfigError(f"--classes: unknown class(es) {', '.join(unknown)}; the model's classes are "
-                                  f"{', '.join(self.class_names)}")
-            wanted = torch.tensor([c in set(classes) for c in self.class_names], dtype=torch.bool)
-            keep &= wanted[self.labels] if len(self.labels) else keep
-        idx = keep.nonzero().flatten()
-        idx = idx[torch.argsort(self.scores[idx], descending=True, stable=True)]
-        if max_det is not None:
-            idx = idx[: int(max_det)]
+        idx = select_detections(self.scores, self.labels, self.class_names, score_thr, classes, max_det)
         ii = idx.tolist()
         return dataclasses.replace(self, boxes=self.boxes[idx], scores=self.scores[idx], labels=self.labels[idx],
                                    masks=[self.masks[i] for i in ii], origins=self.origins[ii].reshape(-1, 2))

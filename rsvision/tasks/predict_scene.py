@@ -30,7 +30,27 @@ from rsvision.data.tiling import Window, batched, prefetch, sliding_windows
 from rsvision.errors import BandMismatchError, ConfigError
 from rsvision.runtime import kept_memory
 
-__all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview"]
+__all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview", "select_detections"]
+
+
+def select_detections(scores: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], score_thr: float = 0.0,
+                      classes: Sequence[str] | None = None, max_det: int | None = None) -> torch.Tensor:
+    """Indices of the detections scoring >= ``score_thr`` of the named ``classes`` (None: all), best first,
+    at most ``max_det``: the ``--score-thr`` / ``--classes`` / ``--max-det`` rule of every predict output.
+
+    scores: (N,), labels: (N,) long. Raises ConfigError naming unknown classes.
+    """
+    keep = scores >= score_thr
+    if classes is not None:
+        unknown = sorted(set(classes) - set(class_names))
+        if unknown:
+            raise ConfigError(f"--classes: unknown class(es) {', '.join(unknown)}; the model's classes are "
+                              f"{', '.join(class_names)}")
+        wanted = torch.tensor([c in set(classes) for c in class_names], dtype=torch.bool)
+        keep &= wanted[labels] if len(labels) else keep
+    idx = keep.nonzero().flatten()
+    idx = idx[torch.argsort(scores[idx], descending=True, stable=True)]
+    return idx if max_det is None else idx[: int(max_det)]
 
 
 @dataclass
@@ -57,18 +77,7 @@ class SceneDetections:
                  max_det: int | None = None) -> "SceneDetections":
         """The detections scoring >= ``score_thr`` of the named ``classes`` (None: all), best ``max_det``
         first; what every output of ``predict`` (Task1, GeoJSON, PNG) then holds."""
-        keep = self.scores >= score_thr
-        if classes is not None:
-            unknown = sorted(set(classes) - set(self.class_names))
-            if unknown:
-                raise ConfigError(f"--classes: unknown class(es) {', '.join(unknown)}; the model's classes are "
-                                  f"{', '.join(self.class_names)}")
-            wanted = torch.tensor([c in set(classes) for c in self.class_names], dtype=torch.bool)
-            keep &= wanted[self.labels] if len(self.labels) else keep
-        idx = keep.nonzero().flatten()
-        idx = idx[torch.argsort(self.scores[idx], descending=True, stable=True)]
-        if max_det is not None:
-            idx = idx[: int(max_det)]
+        idx = select_detections(self.scores, self.labels, self.class_names, score_thr, classes, max_det)
         idx = idx.sort().values  # the merge order, so files differ only by what was dropped
         return dataclasses.replace(self, boxes=self.boxes[idx], scores=self.scores[idx], labels=self.labels[idx])
 
