@@ -53,6 +53,17 @@ def expand_inputs(*args: Any, **kwargs: Any):
     return impl(*args, **kwargs)
 
 
+def load_task_of(checkpoint: str | Path, device: str | None, task_name: str):
+    """The checkpoint's task, refused (naming both) when it belongs to another task than ``task_name``."""
+    from rsvision.errors import ConfigError
+    from rsvision.tasks import load_task
+
+    task = load_task(checkpoint, device or "auto")
+    if task.name != task_name:
+        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
+    return task
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     from rsvision.tasks.common import write_json as impl
 

@@ -17,7 +17,7 @@ from rsvision.cli._common import (
 )
 
 from rsvision.cli._batch import run_many, wants_batch
-from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt, load_task_of
 
 app = typer.Typer(help="Rotated object detection (Oriented R-CNN on LSKNet / HAKSNet / timm backbones).",
                   no_args_is_help=True)
@@ -48,14 +48,8 @@ def _classes(text: str | None) -> list[str] | None:
     return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _load(checkpoint: Path, device: str):
-    from rsvision.errors import ConfigError
-    from rsvision.tasks import load_task
-
-    task = load_task(checkpoint, device or "auto")
-    if task.name != "detect":
-        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not detect")
-    return task
+def _load(checkpoint: Path, device: str | None):
+    return load_task_of(checkpoint, device, "detect")
 
 
 app.command()(train_command(

@@ -13,7 +13,7 @@ from rsvision.cli._common import (
     train_command, write_json,
 )
 from rsvision.cli._batch import run_many, wants_batch
-from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt, load_task_of
 
 app = typer.Typer(help="Instance segmentation (Mask R-CNN over any backbone): train, evaluate (mask AP), predict.",
                   no_args_is_help=True)
@@ -47,13 +47,7 @@ def _tta(tta: bool | None) -> None:
 
 
 def _load(checkpoint: Path, device: str | None):
-    from rsvision.errors import ConfigError
-    from rsvision.tasks import load_task
-
-    task = load_task(checkpoint, device or "auto")
-    if task.name != "instance":
-        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not instance")
-    return task
+    return load_task_of(checkpoint, device, "instance")
 
 
 app.command()(train_command(

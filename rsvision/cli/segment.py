@@ -14,7 +14,7 @@ from rsvision.cli._common import (
 )
 
 from rsvision.cli._batch import run_many, wants_batch
-from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt
+from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt, load_task_of
 
 app = typer.Typer(help="Semantic segmentation: train, evaluate, predict (sliding windows, GeoTIFF masks).",
                   no_args_is_help=True)
@@ -42,15 +42,12 @@ def run_predict(checkpoint: Path, inputs: list[str], out: Path | None, tta: bool
                 crs: str | None = None) -> None:
     """Shared body of ``segment predict`` / ``change predict``: predict, then a table of outputs
     (``cluster`` / STAC inputs: :func:`rsvision.cli._batch.run_many`, masks mosaicked in ``masks.vrt``)."""
-    from rsvision.errors import ConfigError
-    from rsvision.tasks import load_task, predict
+    from rsvision.tasks import predict
 
     if wants_batch(cluster, inputs, assets):
         return run_many(checkpoint, inputs, out, cluster, assets, crs, device, exist_ok, task_name, tta=tta,
                         window=window, overlap=overlap, rgb=parse_rgb(rgb, 1 << 16), fast=fast, vector=vector)
-    task = load_task(checkpoint, device or "auto")
-    if task.name != task_name:
-        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
+    task = load_task_of(checkpoint, device, task_name)
     bands = parse_rgb(rgb, task.in_chans)
     t = Table(title="Predictions")
     for col in ("input", "outputs", "class fractions"):
@@ -72,14 +69,12 @@ def run_eval(checkpoint: Path, data: Path | None, json_path: Path | None, tta: b
              **dataset_options) -> None:
     """Shared body of ``segment eval`` / ``change eval``."""
     from rsvision.errors import ConfigError
-    from rsvision.tasks import evaluate, load_task
+    from rsvision.tasks import evaluate
 
     if data is None:
         raise ConfigError(f"{task_name} eval needs --data DIR")
     check_writable_file(json_path, "--json")
-    task = load_task(checkpoint, device or "auto")
-    if task.name != task_name:
-        raise ConfigError(f"{checkpoint} is a {task.name} checkpoint, not {task_name}")
+    task = load_task_of(checkpoint, device, task_name)
     ds = task.eval_dataset(data, split=split, split_file=split_file, **dataset_options)
     with progress_bar() as bar:
         job = bar.add_task("evaluating", total=len(ds))
