@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rsvision.data.samplers import sample_rng, split_key
+from rsvision.errors import ConfigError
 
 __all__ = [
     "polygon_to_mask", "polygons_to_masks", "paint_semantic", "polygons_to_labels", "regions_to_instances",
@@ -259,14 +260,18 @@ class MultiTaskDataset(Dataset):
     ``reader``: ``len(reader)``, ``reader.load(i) -> RawSample``, ``reader.classes`` (object classes;
     semantic classes are ``["background", *classes]``). Keys from a keyed
     :class:`~rsvision.data.samplers.SeededRandomSampler` draw the crop and flips from
-    ``sample_rng(seed, epoch, index, stream)``: a resumed run repeats them exactly. ``stream``
+    ``sample_rng(seed, epoch, index, stream)``: a resumed run repeats them exactly. ``repeat``: crops
+    of every image per epoch (a one-image dataset zipped with larger ones would otherwise end every
+    epoch, and so write checkpoints, after one step). ``stream``
     separates the datasets of one multi-task run.
     """
 
     def __init__(self, reader: Any, img_size: int = 512, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, train: bool = True, seed: int = 0, stream: int = 0,
-                 iof_thr: float = 0.7, flip: bool = True):
-        self.reader, self.img_size, self.train = reader, int(img_size), bool(train)
+                 iof_thr: float = 0.7, flip: bool = True, repeat: int = 1):
+        if int(repeat) < 1:
+            raise ConfigError(f"data.datasets: repeat must be >= 1, got {repeat}")
+        self.reader, self.img_size, self.train, self.repeat = reader, int(img_size), bool(train), int(repeat)
         self.mean = np.asarray(mean if mean is not None else [123.675, 116.28, 103.53], np.float32)
         self.std = np.asarray(std if std is not None else [58.395, 57.12, 57.375], np.float32)
         self.seed, self.stream, self.iof_thr, self.flip = int(seed), int(stream), float(iof_thr), bool(flip)
@@ -276,11 +281,11 @@ class MultiTaskDataset(Dataset):
         return list(self.reader.classes)
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.reader) * self.repeat
 
     def __getitem__(self, key) -> dict[str, Any]:
-        i, epoch = split_key(key)
-        raw = self.reader.load(i)
+        i, epoch = split_key(key)  # i < len(reader) * repeat: each repeat of an image draws its own crop
+        raw = self.reader.load(i % len(self.reader))
         H, W = raw.image.shape[-2:]
         s = self.img_size
         if self.train:

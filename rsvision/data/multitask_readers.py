@@ -262,7 +262,8 @@ class MultiTaskDataModule(L.LightningDataModule):
     with the shortest), per-dataset batch sizes by :func:`dataset_batch_sizes`.
 
     ``datasets``: reader specs (:func:`rsvision.data.multitask_readers.open_reader`), each with a
-    ``name`` (default: its folder's name). Each loader's order comes from a keyed
+    ``name`` (default: its folder's name) and optional ``repeat`` (crops per image per epoch; ``ratio``
+    batch sizes count them). Each loader's order comes from a keyed
     :class:`~rsvision.data.samplers.SeededRandomSampler` of ``(seed, dataset index)``, so a resumed
     run sees the batches the uninterrupted one saw.
     """
@@ -288,8 +289,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         if self.train_sets:
             return
         for j, (name, spec) in enumerate(zip(self.names, self.specs)):
+            spec = dict(spec)
+            repeat = spec.pop("repeat", 1)
             self.train_sets[name] = MultiTaskDataset(open_reader(spec), self.img_size, self.mean, self.std, True,
-                                                     self.seed, j, self.iof_thr, self.flip)
+                                                     self.seed, j, self.iof_thr, self.flip, repeat)
         self.batch_sizes = dataset_batch_sizes({n: len(d) for n, d in self.train_sets.items()}, self.batch_size,
                                                self.batch_mode)
 

@@ -103,6 +103,12 @@ def test_keyed_crops_repeat_and_batch_sizes():
     assert dataset_batch_sizes({"a": 1, "b": 1000}, 4, "ratio") == {"a": 1, "b": 3}
     with pytest.raises(ValueError, match="batch_mode"):
         dataset_batch_sizes({"a": 1}, 4, "sum")
+    rep = MultiTaskDataset(One(), 32, seed=3, repeat=3)  # 3 crops of the one image per epoch
+    assert len(rep) == 3 and torch.equal(rep[(0, 1)]["image"], a["image"])
+    crops = [rep[(i, 1)]["image"] for i in range(3)]
+    assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[1], crops[2])
+    with pytest.raises(ConfigError, match="repeat"):
+        MultiTaskDataset(One(), 32, repeat=0)
 
 
 def test_samrs_layout_reads_as_the_dota_layout_and_rle_masks(tmp_path):
