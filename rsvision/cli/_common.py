@@ -47,6 +47,20 @@ console = Console()
 
 # The CLI modules import nothing heavy at module level (torch, timm, lightning, rasterio), so that
 # ``rsvision --help`` stays under a second; these two are re-exported lazily for that reason.
+# --- options of object predictions (detect, instance): windows over a scene, merge, selection ----------
+ClassesOpt = Annotated[Optional[str], typer.Option(
+    "--classes", help="Only these classes, comma-separated (e.g. ship,harbor); applies to every output.")]
+LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="Class name and score on each drawn box.")]
+MaxDetOpt = Annotated[Optional[int], typer.Option("--max-det", min=1, help="At most this many detections per scene, best first.")]
+NmsOpt = Annotated[Optional[float], typer.Option(
+    "--nms-iou", help="Per-class NMS IoU merging overlapping windows (default: the checkpoint's eval.nms_iou: 0.1 "
+    "for rotated boxes, 0.5 for instance boxes).")]
+OverlapOpt = Annotated[Optional[int], typer.Option(
+    "--overlap", min=0, help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
+PredBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")]
+WindowOpt = Annotated[Optional[int], typer.Option("--window", min=32, help="Window size in pixels (default: checkpoint img size).")]
+
+
 def expand_inputs(*args: Any, **kwargs: Any):
     from rsvision.data.raster import expand_inputs as impl
 

@@ -18,25 +18,15 @@ from rsvision.cli._common import (
 
 from rsvision.cli._batch import run_many, wants_batch
 from rsvision.cli._common import AssetsOpt, ClusterOpt, CrsOpt, load_task_of
+from rsvision.cli._common import (  # object predict options, shared by detect and instance
+    ClassesOpt, LabelsOpt, MaxDetOpt, NmsOpt, OverlapOpt, PredBatchOpt, WindowOpt,
+)
 
 app = typer.Typer(help="Rotated object detection (Oriented R-CNN on LSKNet / HAKSNet / timm backbones).",
                   no_args_is_help=True)
 
-WindowOpt = Annotated[Optional[int], typer.Option("--window", min=32, help="Window size in pixels (default: checkpoint img size).")]
-OverlapOpt = Annotated[Optional[int], typer.Option(
-    "--overlap", min=0, help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
 ScalesOpt = Annotated[Optional[list[float]], typer.Option("--scale", help="Test rate; repeat for multi-scale (0.5 1.0 1.5).")]
 MultiScaleOpt = Annotated[bool, typer.Option("--multi-scale", help="Published multi-scale test: rates 0.5, 1.0, 1.5.")]
-NmsOpt = Annotated[Optional[float], typer.Option(
-    "--nms-iou", help="Per-class NMS IoU merging overlapping windows (default: the checkpoint's eval.nms_iou: 0.1 "
-    "for rotated boxes, 0.5 for instance boxes).")]
-PredBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")]
-
-
-ClassesOpt = Annotated[Optional[str], typer.Option(
-    "--classes", help="Only these classes, comma-separated (e.g. ship,harbor); applies to every output.")]
-MaxDetOpt = Annotated[Optional[int], typer.Option("--max-det", min=1, help="At most this many detections per scene, best first.")]
-LabelsOpt = Annotated[bool, typer.Option("--labels/--no-labels", help="Class name and score on each drawn box.")]
 
 
 def _scales(scale: list[float] | None, multi: bool, tta: bool | None = None) -> list[float] | None:

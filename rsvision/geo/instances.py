@@ -7,7 +7,6 @@ as for every other rsvision polygon.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -62,14 +61,6 @@ def instance_features(masks: Sequence[np.ndarray], origins: Sequence[Sequence[in
 def write_instances_geojson(features: list[dict], crs: Any, path: str | Path) -> Path:
     """A FeatureCollection of :func:`instance_features` (with the legacy ``crs`` member for a non-WGS 84
     CRS), written atomically."""
-    from rsvision.geo.writers import crs_member
-    from rsvision.outputs import atomic_write
+    from rsvision.geo.writers import write_feature_collection
 
-    fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
-    member = crs_member(crs)
-    if member is not None:
-        fc["crs"] = member
-    path = Path(path)
-    with atomic_write(path) as f:
-        json.dump(fc, f)
-    return path
+    return write_feature_collection(features, crs, path)

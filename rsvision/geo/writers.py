@@ -17,7 +17,7 @@ import numpy as np
 from rsvision.errors import DataError
 
 __all__ = ["MaskWriter", "write_mask_geotiff", "write_geojson", "pixel_to_crs", "crs_member", "class_tags",
-           "write_mask_vectors", "VECTOR_FORMATS"]
+           "write_mask_vectors", "write_feature_collection", "VECTOR_FORMATS"]
 
 
 def _palette_to_colormap(palette: Sequence[Sequence[int]] | np.ndarray | None) -> dict[int, tuple[int, int, int, int]] | None:
@@ -198,12 +198,17 @@ def write_geojson(
     for ring, p in zip(pts, props):
         geom = orient(Polygon(ring), sign=1.0)
         features.append({"type": "Feature", "geometry": mapping(geom), "properties": _jsonable(dict(p))})
+    return write_feature_collection(features, crs, path)
+
+
+def write_feature_collection(features: list[dict], crs: Any, path: str | Path) -> Path:
+    """A GeoJSON FeatureCollection (with the legacy ``crs`` member for a non-WGS 84 CRS), written atomically."""
+    from rsvision.outputs import atomic_write
+
     fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     member = crs_member(crs)
     if member is not None:
         fc["crs"] = member
-    from rsvision.outputs import atomic_write
-
     path = Path(path)
     with atomic_write(path) as f:
         f.write(json.dumps(fc))
