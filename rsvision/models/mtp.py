@@ -135,8 +135,7 @@ class MTPNet(nn.Module):
         """The encoder's stride 4 / 8 / 16 / 32 maps."""
         from rsvision.models.detectors.oriented_rcnn import backbone_forward
 
-        feats = backbone_forward(self.encoder, images)
-        return [feats[i] for i in self.indices] if self.indices is not None else feats
+        return backbone_forward(self.encoder, images, self.indices)
 
     def dataset_losses(self, dataset: str, feats: list[Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Every task's losses of one dataset's part of the batch (its feature maps and labels)."""

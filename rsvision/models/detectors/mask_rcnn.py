@@ -303,8 +303,7 @@ class MaskRCNN(nn.Module):
         """The backbone's stride 4 / 8 / 16 / 32 maps (the decoder's input)."""
         from rsvision.models.detectors.oriented_rcnn import backbone_forward
 
-        feats = backbone_forward(self.backbone, images)
-        return [feats[i] for i in self.backbone_indices] if self.backbone_indices is not None else feats
+        return backbone_forward(self.backbone, images, self.backbone_indices)
 
     def forward(self, images: Tensor, targets: Sequence[Mapping[str, Any]] | None = None,
                 image_sizes: Sequence[Sequence[int]] | None = None):

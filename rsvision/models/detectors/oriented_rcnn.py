@@ -56,15 +56,18 @@ def backbone_reductions(backbone: nn.Module) -> list[int]:
     return [int(d["reduction"]) for d in info]
 
 
-def backbone_forward(backbone: nn.Module, x: Tensor) -> list[Tensor]:
-    """Stage maps of ``backbone``: ``forward_intermediates`` for rsvision pyramids (so the module
-    keeps its official key names), ``forward`` for timm ``features_only`` wrappers."""
+def backbone_forward(backbone: nn.Module, x: Tensor, indices: Sequence[int] | None = None) -> list[Tensor]:
+    """Stage maps of ``backbone`` (only those at ``indices`` when given): ``forward_intermediates`` for
+    rsvision pyramids (so the module keeps its official key names), ``forward`` for timm ``features_only``
+    wrappers."""
     if _is_pyramid(backbone):
-        return list(backbone.forward_intermediates(x, intermediates_only=True))
-    out = backbone(x)
-    if not isinstance(out, (list, tuple)):
-        raise TypeError(f"backbone {type(backbone).__name__} must return a list of feature maps")
-    return list(out)
+        out = list(backbone.forward_intermediates(x, intermediates_only=True))
+    else:
+        out = backbone(x)
+        if not isinstance(out, (list, tuple)):
+            raise TypeError(f"backbone {type(backbone).__name__} must return a list of feature maps")
+        out = list(out)
+    return [out[i] for i in indices] if indices is not None else out
 
 
 def _normalise_key(key: str) -> str:
@@ -112,10 +115,7 @@ class OrientedRCNN(nn.Module):
     # -- stages -------------------------------------------------------------------------------
     def extract_feat(self, images: Tensor) -> list[Tensor]:
         """Backbone + FPN: 5 maps (B, C, H/s, W/s) for s = 4, 8, 16, 32, 64."""
-        feats = backbone_forward(self.backbone, images)
-        if self.backbone_indices is not None:
-            feats = [feats[i] for i in self.backbone_indices]
-        return self.neck(feats)
+        return self.neck(backbone_forward(self.backbone, images, self.backbone_indices))
 
     @staticmethod
     def _image_sizes(images: Tensor, image_sizes, targets) -> list[tuple[int, int]]:
