@@ -41,12 +41,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from rsvision.data.raster import compute_band_stats, normalize
 from rsvision.data.transforms import ResizePolicy, SceneTransform
+from rsvision.data.views import MultiCropViews  # noqa: F401  (re-exported: its home before rsvision.data.views)
 from rsvision.errors import ConfigError, DataError
 
 __all__ = [
     "BEN19_CLASSES", "S2_BANDS", "S1_BANDS", "DEFAULT_MODALITIES", "PairSample", "read_bigearthnet_v1",
     "read_reben", "read_ssl4eo", "read_dataset", "detect_format", "stack_bands", "MultimodalDataset",
-    "MultimodalDataConfig", "MultimodalDataModule",
+    "MultimodalDataConfig", "MultimodalDataModule", "MultiCropViews", "MultiCropDataset", "SSLDataModule",
 ]
 
 #: BigEarthNet's 19-class nomenclature (Sumbul et al. 2021), in the official index order.
@@ -467,47 +468,10 @@ def pairs_eval_dataset(hp: Mapping, root: str | Path | Sequence[PairSample], spl
     return MultimodalDataset(samples, mods, {m: (mean[m], std[m]) for m in mods}, tf, cache=cache)
 
 
-# --- self-supervised views --------------------------------------------------------------------------
-class MultiCropViews:
-    """Global and local views of one sample (all its modalities cropped alike), drawn from a numpy generator.
-
-    Each view: a random box of ``scale`` (area fraction) and aspect in [3/4, 4/3], resized (bilinear,
-    anti-aliased) to the view size, then a random horizontal / vertical flip and 90-degree rotation.
-    Global views cover much of the scene (default 40-100 %), local views small parts of it (5-40 %).
-    """
-
-    def __init__(self, global_size: int = 96, local_size: int = 48, n_global: int = 2, n_local: int = 2,
-                 global_scale: Sequence[float] = (0.4, 1.0), local_scale: Sequence[float] = (0.05, 0.4)):
-        if n_global < 2:
-            raise ConfigError(f"data.n_global must be >= 2 (views contrast each other), got {n_global}")
-        self.global_size, self.local_size, self.n_global, self.n_local = global_size, local_size, n_global, n_local
-        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
-
-    @staticmethod
-    def view(x: torch.Tensor, size: int, scale: Sequence[float], rng: np.random.Generator) -> torch.Tensor:
-        from rsvision.data.transforms import resize
-
-        h, w = x.shape[-2:]
-        area = h * w * rng.uniform(*scale)
-        aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
-        ch = int(min(h, max(1, round(np.sqrt(area / aspect)))))
-        cw = int(min(w, max(1, round(np.sqrt(area * aspect)))))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        v = resize(x[:, top:top + ch, left:left + cw], size)
-        if rng.random() < 0.5:
-            v = v.flip(-1)
-        if rng.random() < 0.5:
-            v = v.flip(-2)
-        return torch.rot90(v, int(rng.integers(0, 4)), (-2, -1))
-
-    def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        g = [self.view(x, self.global_size, self.global_scale, rng) for _ in range(self.n_global)]
-        loc = [self.view(x, self.local_size, self.local_scale, rng) for _ in range(self.n_local)]
-        return g, loc
-
-
+# --- self-supervised views (MultiCropViews lives in rsvision.data.views) ---------------------------
 class MultiCropDataset(Dataset):
-    """``{"global": [{modality: view}], "local": [...], "index"}`` of a normalised :class:`MultimodalDataset`.
+    """``{"global": [{modality: view}], "local": [...], "global_geom": [(7,)], "local_geom": [...], "index"}``
+    of a normalised :class:`MultimodalDataset` (geometries: :mod:`rsvision.data.views`; collated (B, 7)).
 
     Indexed by :class:`rsvision.data.samplers.SampleKey` ``(index, epoch)``, its draws depend only on
     ``(seed, epoch, index)`` (exact resume with any number of workers); a plain index draws as epoch 0.
@@ -526,12 +490,13 @@ class MultiCropDataset(Dataset):
         raw = self.base.read(i)
         x = {m: normalize(t, *self.base.stats[m]) for m, t in raw.items()}
         sizes = [t.shape[0] for t in x.values()]
-        g, loc = self.views(torch.cat(list(x.values())), sample_rng(self.seed, epoch or 0, i))
+        d = self.views.draw(torch.cat(list(x.values())), sample_rng(self.seed, epoch or 0, i))
 
         def split(v: torch.Tensor) -> dict[str, torch.Tensor]:
             return dict(zip(x, torch.split(v, sizes)))
 
-        return {"global": [split(v) for v in g], "local": [split(v) for v in loc], "index": i}
+        return {"global": [split(v) for v in d["global"]], "local": [split(v) for v in d["local"]],
+                "global_geom": d["global_geom"], "local_geom": d["local_geom"], "index": i}
 
 
 class SSLDataModule(MultimodalDataModule):
