@@ -2,7 +2,7 @@
 
 Writes a synthetic ``--size`` x ``--size`` RGB GeoTIFF (UTM, 0.5 m; default 8000 x 8000) once,
 then runs :func:`rsvision.tasks.predict_scene.predict_scene` over it with an LSKNet-T Oriented
-R-CNN (published widths FPN 256 / FC 1024, random weights unless ``--checkpoint``): 1024 px windows,
+R-CNN (``--preset``, default the published widths FPN 256 / FC 1024; random weights unless ``--checkpoint``): 1024 px windows,
 200 px overlap, batched, per-class rotated NMS merge, Task1 + GeoJSON + PNG written.
 
 Reports wall time, MP/s, peak resident memory (process high-water mark, so it includes the
@@ -28,9 +28,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--overlap", type=int, default=200)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--fpn", type=int, default=256)
-    ap.add_argument("--fc", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=None, help="windows per forward (default: the library's, 1 on a CPU)")
+    ap.add_argument("--preset", default="published", help="detector preset (rsvision.tasks.detection.DETECT_PRESETS)")
+    ap.add_argument("--fpn", type=int, default=None, help="FPN width (default: the preset's)")
+    ap.add_argument("--fc", type=int, default=None, help="RoI-head FC width (default: the preset's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="runs/bench_predict")
@@ -42,6 +43,9 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from rsvision.runtime import windows_per_forward
+
+    args.batch_size = windows_per_forward(args.batch_size, args.device)  # reported as used
     from rsvision.data.synthetic.objects import make_geotiff_scene
     from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
 
@@ -61,10 +65,13 @@ def main(argv=None) -> dict:
     else:
         import rsvision.models.detectors  # noqa: F401
         from rsvision.models import build_model
+        from rsvision.tasks.detection import DetectModelConfig
 
         classes = ["ship", "vehicle", "tank"]
-        model = build_model({"type": "OrientedRCNN", "backbone": "lsknet_t", "num_classes": 3, "class_names": classes,
-                             "fpn_channels": args.fpn, "fc_channels": args.fc})
+        cfg = DetectModelConfig(name="lsknet_t", preset=args.preset, fpn_channels=args.fpn, fc_channels=args.fc)
+        spec = cfg.build_dict()
+        args.fpn, args.fc = cfg.fpn_channels, cfg.fc_channels
+        model = build_model({**spec, "num_classes": 3, "class_names": classes})
         mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
     model = model.to(args.device).eval()
     if not args.no_fast:
@@ -91,7 +98,7 @@ def main(argv=None) -> dict:
         "device": args.device, "threads": args.threads, "torch": torch.__version__,
         "model": (f"checkpoint {args.checkpoint}: {hp['model'].get('type')} {hp['model'].get('backbone')} fpn "
                   f"{hp['model'].get('fpn_channels')} fc {hp['model'].get('fc_channels')}" if args.checkpoint else
-                  f"OrientedRCNN lsknet_t fpn {args.fpn} fc {args.fc} (random weights)"),
+                  f"OrientedRCNN lsknet_t preset {args.preset}: fpn {args.fpn} fc {args.fc} (random weights)"),
         "fast": not args.no_fast, "windows_skipped": det.stats.get("windows_skipped"), "window": args.window, "overlap": args.overlap, "batch_size": args.batch_size, "windows": det.stats["windows"], "windows_total": det.stats["windows_total"],
         "extrapolated_full_scene_s": round(t_pred / frac, 1),
         "detections": len(det.scores), "predict_s": round(t_pred, 2), "write_s": round(t_write, 2),

@@ -1,7 +1,7 @@
 """MTP evidence on the shared real data (issue 26, item 5): does multi-task pretraining help downstream?
 
-Pretrains an LSKNet-T encoder twice on the same images and the same step budget with
-``rsvision pretrain mtp``:
+Pretrains an encoder (``--encoder``: LSKNet-T, the default, or the reduced ViT + RVSA ``vit_t_rvsa``)
+twice on the same images and the same step budget with ``rsvision pretrain mtp``:
 
 * ``mtp``: semantic segmentation + rotated detection (+ instance segmentation when ``--instance``),
 * ``seg``: semantic segmentation only (the single-task baseline),
@@ -23,6 +23,7 @@ budgets are steps (``trainer.extra.max_steps``), set in ``BUDGET``. Rerunning sk
 resumes interrupted ones (``--resume`` from ``last.ckpt``).
 
     python benchmarks/evidence_mtp.py --out runs/evidence_mtp --seeds 0 1 2 --jobs 2
+    python benchmarks/evidence_mtp.py --out runs/evidence_mtp_vit --encoder vit_t_rvsa --seeds 0 --jobs 2
 
 Writes ``OUT/data`` (derived crops / patches / configs), ``OUT/runs/<name>`` (run directories, logs),
 ``OUT/eval/<name>.json`` (each eval's ``--json``), ``OUT/results.json`` and ``OUT/table.md``.
@@ -58,6 +59,12 @@ BUDGET = {
     "detect": {"steps": 80, "img_size": 256, "batch_size": 2},
 }
 TASKS = ("classify", "segment", "change", "detect")
+# Encoders: what differs in pretraining. The ViT follows MTP's optimiser (layer-wise lr decay 0.9); its
+# pos-embed is built for the 256 px pretraining crops and resized on the fly for other sizes.
+ENCODERS = {
+    "lsknet_t": {"backbone_kwargs": {"drop_path_rate": 0.1}, "optim": {}},
+    "vit_t_rvsa": {"backbone_kwargs": {"img_size": 256, "drop_path_rate": 0.1}, "optim": {"layer_decay": 0.9}},
+}
 ARMS = ("scratch", "seg", "mtp")
 METRIC = {"classify": "overall_accuracy", "segment": "mIoU", "change": "F1", "detect": "mAP"}
 LABEL = {"classify": "RSSCN7 OA", "segment": "LoveDA mIoU", "change": "LEVIR-CD F1", "detect": f"DOTA {HELDOUT} mAP"}
@@ -88,7 +95,7 @@ def _rows(src: Path, dst: Path, r0: int, r1: int) -> None:
     tmp.replace(dst)
 
 
-def prepare(out: Path, instance: bool) -> dict[str, Path]:
+def prepare(out: Path, instance: bool, encoder: str = "lsknet_t") -> dict[str, Path]:
     """Derived data sets and the two pretraining configs under ``out/data`` (idempotent)."""
     import yaml
 
@@ -135,9 +142,10 @@ def prepare(out: Path, instance: bool) -> dict[str, Path]:
             {"name": "dior", "format": "dior", "root": str(d / "mtp_dior")},
             {"name": "isaid", "format": "isaid", "root": str(d / "mtp_isaid")},
         ], "img_size": b["img_size"], "batch_size": b["batch_size"], "batch_mode": "avg"},
-        "model": {"name": "lsknet_t", "backbone_kwargs": {"drop_path_rate": 0.1}, "seg_channels": 64,
+        "model": {"name": encoder, "backbone_kwargs": ENCODERS[encoder]["backbone_kwargs"], "seg_channels": 64,
                   "preset": "small"},
-        "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.0, "warmup_steps": 20},
+        "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "schedule": "cosine", "min_lr_ratio": 0.0, "warmup_steps": 20,
+                  **ENCODERS[encoder]["optim"]},
         "trainer": {"max_epochs": 100000, "gradient_clip_val": 5.0, "device": "cpu", "threads": 1,
                     "progress": "none", "log_every_n_steps": 5, "extra": {"max_steps": b["steps"]}},
     }
@@ -185,18 +193,19 @@ def train(name: str, cmd: list[str], out: Path) -> float | None:
     return secs
 
 
-def finetune_cmd(task: str, arm: str, seed: int, out: Path) -> list[str]:
+def finetune_cmd(task: str, arm: str, seed: int, out: Path, encoder: str = "lsknet_t") -> list[str]:
     b, d = BUDGET[task], out / "data"
     steps = b["steps"]
-    common = ["--seed", str(seed), "--device", "cpu", "--set", "trainer.threads=1", "--set", "trainer.progress=none",
+    common = ["--model", encoder, "--seed", str(seed), "--device", "cpu", "--set", "trainer.threads=1", "--set", "trainer.progress=none",
               "--set", f"trainer.extra.max_steps={steps}", "--set", "trainer.max_time=null",
               "--batch-size", str(b["batch_size"]), "--img-size", str(b["img_size"])]
     if arm != "scratch":
         common += ["--pretrained", str(out / "runs" / f"pretrain_{arm}" / "encoder.pth")]
     if task == "classify":
         return [*CLI, "classify", "train", "--config", str(ROOT / "configs" / "rsscn7_lsknet_t.yaml"),
-                "--data", str(SHARED / "rsscn7" / "train"), "--epochs", "1000",
-                "--set", "optim.schedule=cosine", "--set", "optim.warmup_steps=15", *common]
+                "--data", str(SHARED / "rsscn7" / "train"), "--epochs", "1000", "--set", "optim.schedule=cosine",
+                "--set", "optim.warmup_steps=15", *(["--set", "model.fast=false"] if encoder != "lsknet_t" else []),
+                *common]
     if task == "segment":
         # one epoch = 2 tiles x samples_per_image / batch = the whole budget (validation once, at the end)
         spi = -(-steps * b["batch_size"] // 2)
@@ -209,11 +218,11 @@ def finetune_cmd(task: str, arm: str, seed: int, out: Path) -> list[str]:
         spi = -(-steps * b["batch_size"] // 6)
         return [*CLI, "change", "train", "--config", str(ROOT / "configs" / "change_levir_siam_diff.yaml"),
                 "--data", str(d / "levir" / "train"), "--set", f"data.val_root={d / 'levir' / 'test'}",
-                "--model", "lsknet_t", "--epochs", "1", "--set", f"data.samples_per_image={spi}",
+                "--epochs", "1", "--set", f"data.samples_per_image={spi}",
                 "--set", "model.channels=64", "--set", "optim.lr=0.0005", "--set", "optim.warmup_steps=15",
                 "--set", f"sliding.size={b['img_size']}", "--set", "sliding.overlap=0", *common]
     if task == "detect":
-        return [*CLI, "detect", "train", "--data", str(d / "det"), "--model", "lsknet_t", "--preset", "small",
+        return [*CLI, "detect", "train", "--data", str(d / "det"), "--preset", "small",
                 "--epochs", "1000", "--set", f"data.classes={json.dumps(DET_CLASSES)}", "--set", "data.num_workers=0",
                 "--set", "data.rotate_p=0.0", "--set", "optim.lr=0.0005", "--set", "optim.base_batch=2",
                 "--set", "optim.warmup_steps=15", "--set", "optim.milestones=[100000]", *common]
@@ -237,9 +246,9 @@ def evaluate(task: str, name: str, out: Path) -> dict:
     return json.loads(js.read_text())
 
 
-def finetune(task: str, arm: str, seed: int, out: Path) -> dict:
+def finetune(task: str, arm: str, seed: int, out: Path, encoder: str = "lsknet_t") -> dict:
     name = f"{task}_{arm}_s{seed}"
-    train(name, finetune_cmd(task, arm, seed, out), out)
+    train(name, finetune_cmd(task, arm, seed, out, encoder), out)
     m = evaluate(task, name, out)
     done = json.loads((out / "runs" / name / "train.done").read_text())
     return {"task": task, "arm": arm, "seed": seed, "metric": METRIC[task], "value": m[METRIC[task]],
@@ -297,7 +306,7 @@ def collect(out: Path, seeds: list[int], tasks: list[str]) -> tuple[dict, list[d
 
 def write_report(out: Path, rows: list[dict], pre: dict, args) -> None:
     res = {"budget": BUDGET, "heldout": HELDOUT, "dota_pretrain": DOTA_PRETRAIN, "det_train": DET_TRAIN,
-           "seeds": args.seeds, "instance": args.instance, "pretrain": pre,
+           "seeds": args.seeds, "instance": args.instance, "encoder": args.encoder, "pretrain": pre,
            "runs": sorted(rows, key=lambda r: (TASKS.index(r["task"]), ARMS.index(r["arm"]), r["seed"]))}
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(res, indent=2))
@@ -312,6 +321,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each one thread)")
     ap.add_argument("--instance", action="store_true", help="MTP arm adds model.tasks instance (Mask R-CNN)")
+    ap.add_argument("--encoder", default="lsknet_t", choices=sorted(ENCODERS), help="encoder of every arm")
     ap.add_argument("--prepare-only", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="only collect finished runs into the report")
     args = ap.parse_args()
@@ -322,7 +332,7 @@ def main() -> None:
         write_report(out, rows, pre, args)
         print(table(rows))
         return
-    cfgs = prepare(out, args.instance)
+    cfgs = prepare(out, args.instance, args.encoder)
     if args.prepare_only:
         return
     pre: dict = {}
@@ -336,7 +346,7 @@ def main() -> None:
         def cell(t: str, a: str, s: int) -> dict:
             if a in pf:
                 pf[a].result()
-            return finetune(t, a, s, out)
+            return finetune(t, a, s, out, args.encoder)
 
         # first seed arm by arm (scratch cells overlap the pretrainings); later seeds as whole scratch / seg /
         # mtp triples, the cheap tasks (classify, segment) for every seed before the slow ones (change, detect),

@@ -113,3 +113,35 @@ def test_library_calls_keep_memory_for_their_duration_only(mode):
         assert (inside, after) == ("0", "1")  # served from the heap inside, glibc's fresh mmap again after
     else:
         assert modes == ["system"] * 4 and (inside, after) == ("1", "1")  # the opt-out holds
+
+
+def test_windows_per_forward_defaults_to_one_on_a_cpu_and_keeps_explicit_values():
+    import torch
+
+    from rsvision.errors import ConfigError
+    from rsvision.runtime import windows_per_forward
+
+    assert windows_per_forward(None, "cpu") == 1 and windows_per_forward(None, torch.device("cpu")) == 1
+    assert windows_per_forward(None, "cuda:1") == 2 and windows_per_forward(None, torch.device("cuda", 0)) == 2
+    assert windows_per_forward(3, "cpu") == 3 and windows_per_forward(None) == 1
+    with pytest.raises(ConfigError, match="--batch-size"):
+        windows_per_forward(0, "cpu")
+
+
+def test_scene_prediction_gives_the_same_detections_one_window_or_several_per_forward():
+    """The CPU default (1 window per forward) changes memory, not results."""
+    import torch
+
+    import rsvision.models.detectors  # noqa: F401
+    from rsvision.models import build_model
+    from rsvision.tasks.predict_scene import predict_scene
+
+    torch.manual_seed(0)
+    model = build_model({"type": "OrientedRCNN", "backbone": "lsknet_t", "num_classes": 2, "class_names": ["a", "b"],
+                         "fpn_channels": 16, "fc_channels": 32, "backbone_kwargs": {"embed_dims": [8, 8, 16, 16]}})
+    img = torch.rand(3, 150, 170) * 255
+    out = [predict_scene(model.eval(), img, [128.0] * 3, [64.0] * 3, ["a", "b"], window=64, overlap=16, batch_size=b)
+           for b in (None, 3)]
+    assert out[0].stats["windows"] == out[1].stats["windows"] > 3
+    torch.testing.assert_close(out[0].boxes, out[1].boxes, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out[0].scores, out[1].scores, rtol=1e-4, atol=1e-5)

@@ -57,7 +57,9 @@ NmsOpt = Annotated[Optional[float], typer.Option(
     "for rotated boxes, 0.5 for instance boxes).")]
 OverlapOpt = Annotated[Optional[int], typer.Option(
     "--overlap", min=0, help="Window overlap in pixels (default: 200, at most a quarter of the window).")]
-PredBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")]
+PredBatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", min=1, help="Windows per forward pass (default: 1 on a CPU, where batching saves no time "
+    "but holds every window's activations; 2 on a GPU).")]
 WindowOpt = Annotated[Optional[int], typer.Option("--window", min=32, help="Window size in pixels (default: checkpoint img size).")]
 
 

@@ -78,7 +78,7 @@ def eval_(
     multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
     iou_thr: Annotated[Optional[float], typer.Option("--iou-thr", help="Default: the checkpoint's eval.iou_thr (0.5).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="voc07 | voc12 (default: the checkpoint's).")] = None,
-    batch_size: PredBatchOpt = 2, device: DeviceOpt = None, exist_ok: ExistOkOpt = False, fast: FastOpt = True,
+    batch_size: PredBatchOpt = None, device: DeviceOpt = None, exist_ok: ExistOkOpt = False, fast: FastOpt = True,
 ) -> None:
     """Score merged full-image detections with the DOTA evaluator (like the DOTA server)."""
     from rsvision.errors import ConfigError
@@ -106,7 +106,7 @@ def predict(
     rgb: RgbOpt = None, labels: LabelsOpt = True,
     window: WindowOpt = None, overlap: OverlapOpt = None, scale: ScalesOpt = None,
     multi_scale: MultiScaleOpt = False, nms_iou: NmsOpt = None,
-    batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
+    batch_size: PredBatchOpt = None, device: DeviceOpt = None,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the results (boxes / masks) on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True,

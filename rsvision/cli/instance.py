@@ -68,7 +68,7 @@ def print_instance_metrics(res: dict, title: str) -> None:
 def eval_(
     checkpoint: CheckpointOpt, data: EvalDataOpt = None, json_out: JsonOpt = None, split: SplitOpt = None,
     split_file: SplitFileOpt = None, tta: TtaOpt = None, format: FormatOpt = None, window: WindowOpt = None,
-    overlap: OverlapOpt = None, nms_iou: NmsOpt = None, max_det: MaxDetOpt = None, batch_size: PredBatchOpt = 2,
+    overlap: OverlapOpt = None, nms_iou: NmsOpt = None, max_det: MaxDetOpt = None, batch_size: PredBatchOpt = None,
     device: DeviceOpt = None, fast: FastOpt = True,
 ) -> None:
     """COCO mask AP (torchmetrics / pycocotools) over whole images, predicted window by window."""
@@ -96,7 +96,7 @@ def predict(
     checkpoint: CheckpointOpt, inputs: InputsArg, out: PredictOutOpt = PREDICT_OUT, score_thr: ScoreThrOpt = 0.3,
     classes: ClassesOpt = None, max_det: MaxDetOpt = None, tta: TtaOpt = None, rgb: RgbOpt = None,
     labels: LabelsOpt = True, window: WindowOpt = None, overlap: OverlapOpt = None, nms_iou: NmsOpt = None,
-    batch_size: PredBatchOpt = 2, device: DeviceOpt = None,
+    batch_size: PredBatchOpt = None, device: DeviceOpt = None,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Draw the results (boxes / masks) on the image.")] = True,
     geojson: Annotated[bool, typer.Option("--geojson/--no-geojson", help="GeoJSON for georeferenced rasters.")] = True,
     exist_ok: ExistOkOpt = False, fast: FastOpt = True,

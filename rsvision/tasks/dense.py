@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from rsvision.config import OptimConfig
 from rsvision.data.raster import normalize
 from rsvision.errors import BandMismatchError, ConfigError, DataError
+from rsvision.runtime import windows_per_forward
 from rsvision.tasks.base import BaseTask
 from rsvision.tasks.common import to_plain
 from rsvision.tasks.sliding import iter_blended_strips, sliding_window_inference
@@ -61,7 +62,7 @@ class SlidingConfig:
     size: int | None = None
     overlap: int | None = None
     tta: bool = False
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per forward; None: 1 on a CPU, 2 on a GPU (runtime.windows_per_forward)
 
 
 class DenseTask(BaseTask):
@@ -144,7 +145,8 @@ class DenseTask(BaseTask):
 
     def _sliding(self, tta: bool | None) -> tuple[bool, int]:
         s = dict(self.hparams.get("sliding") or {})
-        return bool(s.get("tta", False)) if tta is None else bool(tta), int(s.get("batch_size", 4))
+        return (bool(s.get("tta", False)) if tta is None else bool(tta),
+                windows_per_forward(s.get("batch_size"), self.device))
 
     def infer(self, image: torch.Tensor, tta: bool | None = None, fast: bool = False) -> torch.Tensor:
         """Class probabilities ``(B, K, H, W)`` of a batch, by sliding windows when larger than the window

@@ -75,7 +75,7 @@ def run_detect_demo(out: str | Path = "rsvision_demo", minutes: float = 3.0, tra
     say(f"predicting on a held-out {scene_size}x{scene_size} GeoTIFF scene ({scene})")
     t2 = time.time()
     pred_dir = out / "prediction"
-    (r,) = predict(task, [scene], pred_dir, window=512, overlap=64, batch_size=2, progress=progress)
+    (r,) = predict(task, [scene], pred_dir, window=512, overlap=64, progress=progress)
     written, det = r["files"], r["detections"]
     res = evaluate(pred_dir, scene_labels.parent, classes=task.classes, iou_thr=0.5, metric="voc07")
     t_pred = time.time() - t2

@@ -329,7 +329,7 @@ class DetectionTask(BaseTask):
 
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, window: int | None = None,
                 overlap: int | None = None, scales: Sequence[float] | None = None, nms_iou: float | None = None,
-                score_thr: float = 0.0, batch_size: int = 2, png: bool = True, geojson: bool = True,
+                score_thr: float = 0.0, batch_size: int | None = None, png: bool = True, geojson: bool = True,
                 task1: bool = True, progress: bool = False, exist_ok: bool = False, fast: bool = True,
                 classes: Sequence[str] | None = None, max_det: int | None = None, labels: bool = True,
                 rgb: Sequence[int] | None = None) -> Iterator[dict]:
@@ -348,7 +348,7 @@ class DetectionTask(BaseTask):
         from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
 
         w, o = self.windows(window, overlap)
-        if batch_size < 1 or not 0 <= o < w:
+        if (batch_size is not None and batch_size < 1) or not 0 <= o < w:
             raise ConfigError(f"--batch-size must be >= 1 and 0 <= --overlap < --window, got {batch_size}, {o} / {w}")
         arrays = [x for x in inputs if not isinstance(x, (str, Path))]
         files = expand_inputs([x for x in inputs if isinstance(x, (str, Path))]) if len(arrays) < len(inputs) else []

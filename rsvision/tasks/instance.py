@@ -315,7 +315,7 @@ class InstanceTask(BaseTask):
         return w, int(o if o is not None else min(200, w // 4))
 
     def scene(self, source: Any, window: int | None = None, overlap: int | None = None,
-              nms_iou: float | None = None, score_thr: float | None = None, batch_size: int = 2,
+              nms_iou: float | None = None, score_thr: float | None = None, batch_size: int | None = None,
               progress: Any = False, fast: bool = True, net: nn.Module | None = None):
         """:func:`rsvision.tasks.instance_scene.predict_instances` of one scene with the checkpoint's settings."""
         from rsvision.tasks.instance_scene import predict_instances
@@ -330,7 +330,7 @@ class InstanceTask(BaseTask):
 
     def predict(self, inputs: Sequence[Any], out: str | Path | None = None, window: int | None = None,
                 overlap: int | None = None, nms_iou: float | None = None, score_thr: float = 0.3,
-                classes: Sequence[str] | None = None, max_det: int | None = None, batch_size: int = 2,
+                classes: Sequence[str] | None = None, max_det: int | None = None, batch_size: int | None = None,
                 png: bool = True, json_out: bool = True, geojson: bool = True, labels: bool = True,
                 rgb: Sequence[int] | None = None, progress: Any = False, exist_ok: bool = False,
                 fast: bool = True) -> Iterator[dict]:
@@ -344,7 +344,7 @@ class InstanceTask(BaseTask):
         from rsvision.tasks.instance_scene import write_instance_outputs
 
         w, o = self.windows(window, overlap)
-        if batch_size < 1 or w < 32 or not 0 <= o < w:
+        if (batch_size is not None and batch_size < 1) or w < 32 or not 0 <= o < w:
             raise ConfigError(f"need --batch-size >= 1, --window >= 32 and 0 <= --overlap < --window, "
                               f"got {batch_size}, {o} / {w}")
         if classes is not None and not set(classes) <= set(self.classes):
@@ -397,7 +397,7 @@ class InstanceTask(BaseTask):
     @torch.no_grad()
     def evaluate(self, data: Any, split: str | None = None, split_file: str | Path | None = None,
                  format: str | None = None, window: int | None = None, overlap: int | None = None,
-                 nms_iou: float | None = None, max_det: int | None = None, batch_size: int = 2,
+                 nms_iou: float | None = None, max_det: int | None = None, batch_size: int | None = None,
                  progress: Any = None, fast: bool = True) -> dict:
         """COCO mask AP over the whole images of ``data`` (a folder in the training layout), each predicted
         window by window and merged as ``predict`` does, plus per-image error records."""

@@ -26,7 +26,7 @@ import torch
 
 from rsvision.data.tiling import Window, batched, prefetch, sliding_windows
 from rsvision.errors import BandMismatchError, ConfigError, DataError
-from rsvision.runtime import kept_memory
+from rsvision.runtime import kept_memory, windows_per_forward
 from rsvision.tasks.predict_scene import select_detections
 
 __all__ = ["SceneInstances", "predict_instances", "write_instance_outputs"]
@@ -96,7 +96,7 @@ def _cut_by_window(box: np.ndarray, w: Window, H: int, W: int, overlap: int, tol
 @kept_memory()
 def predict_instances(model: torch.nn.Module, source: Any, mean: Sequence[float], std: Sequence[float],
                       class_names: Sequence[str], window: int = 1024, overlap: int | None = None,
-                      batch_size: int = 2, nms_iou: float = 0.5, score_thr: float = 0.0,
+                      batch_size: int | None = None, nms_iou: float = 0.5, score_thr: float = 0.0,
                       max_det: int | None = None, bands: Sequence[int] | None = None,
                       device: str | torch.device | None = None,
                       progress: bool | Callable[[int, int], None] = False,
@@ -123,6 +123,7 @@ def predict_instances(model: torch.nn.Module, source: Any, mean: Sequence[float]
         raise BandMismatchError(f"raster has {src.count} bands, the model expects {len(mean)} (checkpoint bands)",
                                 path=getattr(src, "path", None))
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    batch_size = windows_per_forward(batch_size, dev)  # None: 1 on a CPU, 2 on a GPU
     m = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
     s = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
     H, W = src.height, src.width

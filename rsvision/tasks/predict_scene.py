@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from rsvision.data.tiling import Window, batched, prefetch, sliding_windows
 from rsvision.errors import BandMismatchError, ConfigError
-from rsvision.runtime import kept_memory
+from rsvision.runtime import kept_memory, windows_per_forward
 
 __all__ = ["SceneDetections", "predict_scene", "write_scene_outputs", "read_overview", "select_detections"]
 
@@ -99,7 +99,7 @@ def predict_scene(
     class_names: Sequence[str],
     window: int = 1024,
     overlap: int | None = None,
-    batch_size: int = 2,
+    batch_size: int | None = None,
     scales: Sequence[float] = (1.0,),
     nms_iou: float = 0.1,
     score_thr: float = 0.0,
@@ -116,6 +116,8 @@ def predict_scene(
         model: a detector in eval mode (``model(images) -> [{"boxes", "scores", "labels"}]``).
         source: raster path (GeoTIFF, PNG, JPEG, ...) or a ``(C, H, W)`` array in raw pixel units.
         mean, std: per-band normalisation of the checkpoint (raw units).
+        batch_size: windows per forward pass (None: 1 on a CPU, 2 on a GPU; see
+            :func:`rsvision.runtime.windows_per_forward`).
         window, overlap: window size and overlap in pixels *of the network input*; at rate ``s`` a
             window covers ``window / s`` scene pixels; ``overlap=None``: 200, at most window / 4.
         scales: test rates (``(0.5, 1.0, 1.5)`` for the published multi-scale test).
@@ -149,6 +151,7 @@ def predict_scene(
         raise BandMismatchError(f"raster has {src.count} bands, the model expects {len(mean)} (checkpoint bands)",
                                 path=getattr(src, "path", None))
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    batch_size = windows_per_forward(batch_size, dev)
     m = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
     s_ = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
     H, W = src.height, src.width

@@ -36,6 +36,14 @@ def test_arms_differ_only_in_pretrained_weights(tmp_path):
         assert _opt(cmds["scratch"], "--seed") == ["1"]
 
 
+def test_every_arm_and_task_runs_the_chosen_encoder(tmp_path):
+    E = _script()
+    for enc in E.ENCODERS:
+        for task in E.TASKS:
+            for arm in E.ARMS:
+                assert _opt(E.finetune_cmd(task, arm, 0, tmp_path, enc), "--model") == [enc]
+
+
 def test_table_and_collect(tmp_path):
     E = _script()
     for seed, v in ((0, 0.5), (1, 0.7)):
