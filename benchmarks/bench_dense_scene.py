@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -57,10 +56,9 @@ def run_task(name: str, args: argparse.Namespace, queue) -> None:
         task = ChangeTask(model=model, data={**data, "classes": ["unchanged", "changed"]}, sliding=sliding)
         inputs = [root]
     task.eval()
-    out = Path(args.out) / name
-    shutil.rmtree(out, ignore_errors=True)
+    out = Path(args.out) / name  # a rerun replaces its own files (exist_ok), deletes nothing else
     t0 = time.time()
-    (res,) = list(task.predict(inputs, out=out, fast=not args.no_fast))
+    (res,) = list(task.predict(inputs, out=out, fast=not args.no_fast, exist_ok=True))
     dt = time.time() - t0
     stats = res.get("stats", {})
     mpx = args.size * args.size / 1e6

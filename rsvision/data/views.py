@@ -27,7 +27,8 @@ GEOM_KEYS = ("top", "left", "height", "width", "hflip", "vflip", "rot")
 
 
 def _rot_back(y: torch.Tensor, x: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Undo ``k`` (per row) rot90 steps: ``out(y, x) = in(x, 1 - y)`` per step, so ``in = (x, 1 - y)``."""
+    """Undo ``k`` (per row) rot90 steps: ``out(y, x) = in(x, 1 - y)`` per step, so ``in = (x, 1 - y)``.
+    (Not ``_rot_fwd`` with ``4 - k``: that computes ``1 - (1 - x)``, which is not ``x`` in floating point.)"""
     k = k.long() % 4
     for _ in range(3):
         m = k > 0
@@ -37,7 +38,7 @@ def _rot_back(y: torch.Tensor, x: torch.Tensor, k: torch.Tensor) -> tuple[torch.
 
 
 def _rot_fwd(y: torch.Tensor, x: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply ``k`` rot90 steps to points: a point ``(y, x)`` of the input lands at ``(1 - x, y)``."""
+    """Apply ``k`` (per row) rot90 steps to points: a point ``(y, x)`` of the input lands at ``(1 - x, y)``."""
     k = k.long() % 4
     for _ in range(3):
         m = k > 0
@@ -148,7 +149,3 @@ class MultiCropViews:
                 out[kind].append(v)
                 out[f"{kind}_geom"].append(g)
         return out
-
-    def __call__(self, x: torch.Tensor, rng: np.random.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        d = self.draw(x, rng)
-        return d["global"], d["local"]

@@ -26,6 +26,7 @@ import torch.nn as nn
 from rsvision.config import OptimConfig
 from rsvision.data.detection import DetectDataConfig, DetectionDataModule, resolve_classes
 from rsvision.errors import BandMismatchError, ConfigError, DataError
+from rsvision.runtime import windows_per_forward
 from rsvision.tasks.base import BaseTask, register_task
 from rsvision.tasks.common import TrainerOptions, to_plain
 
@@ -348,8 +349,9 @@ class DetectionTask(BaseTask):
         from rsvision.tasks.predict_scene import predict_scene, write_scene_outputs
 
         w, o = self.windows(window, overlap)
-        if (batch_size is not None and batch_size < 1) or not 0 <= o < w:
-            raise ConfigError(f"--batch-size must be >= 1 and 0 <= --overlap < --window, got {batch_size}, {o} / {w}")
+        batch_size = windows_per_forward(batch_size, self.device)  # checked here, before any work
+        if not 0 <= o < w:
+            raise ConfigError(f"need 0 <= --overlap < --window, got {o} / {w}")
         arrays = [x for x in inputs if not isinstance(x, (str, Path))]
         files = expand_inputs([x for x in inputs if isinstance(x, (str, Path))]) if len(arrays) < len(inputs) else []
         stems = [f"scene{i}" for i in range(len(arrays))] + unique_stems(files)

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from rsvision.data.instance import InstanceDataConfig, InstanceDataModule
 from rsvision.errors import BandMismatchError, ConfigError, DataError
+from rsvision.runtime import windows_per_forward
 from rsvision.tasks.base import BaseTask, register_task
 from rsvision.tasks.common import TrainerOptions, to_plain
 from rsvision.tasks.detection import DetectOptimConfig, freeze_bn
@@ -344,9 +345,9 @@ class InstanceTask(BaseTask):
         from rsvision.tasks.instance_scene import write_instance_outputs
 
         w, o = self.windows(window, overlap)
-        if (batch_size is not None and batch_size < 1) or w < 32 or not 0 <= o < w:
-            raise ConfigError(f"need --batch-size >= 1, --window >= 32 and 0 <= --overlap < --window, "
-                              f"got {batch_size}, {o} / {w}")
+        batch_size = windows_per_forward(batch_size, self.device)  # checked here, before any work
+        if w < 32 or not 0 <= o < w:
+            raise ConfigError(f"need --window >= 32 and 0 <= --overlap < --window, got {w} / {o}")
         if classes is not None and not set(classes) <= set(self.classes):
             raise ConfigError(f"--classes: unknown class(es) {', '.join(sorted(set(classes) - set(self.classes)))}; "
                               f"the model's classes are {', '.join(self.classes)}")

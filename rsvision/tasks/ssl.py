@@ -320,11 +320,9 @@ class SSLTask(BaseTask):
                     obj.append(object_nce(s_cells, sg, tuple(dmap.shape[-2:]), t_cells[g], t_reg[g], tg,
                                           tuple(t_out[g][1].shape[-2:]), k, tau))
         # no overlap anywhere: 0, still tied to the dense projector (DDP wants every parameter in the graph)
-        zero = sum(p.sum() for p in heads.dense.parameters()) * 0.0
-
         def mean(parts: list) -> torch.Tensor:
             parts = [p for p in parts if p is not None]
-            return torch.stack(parts).mean() if parts else zero
+            return torch.stack(parts).mean() if parts else sum(p.sum() for p in heads.dense.parameters()) * 0.0
 
         out = {"image": torch.stack(img).mean(), "query": torch.stack(qry).mean(), "pixel": mean(pix),
                "object": mean(obj), "aux": torch.stack(aux).mean()}
