@@ -52,7 +52,7 @@ METRICS = "metrics.csv"
 
 __all__ = [
     "TrainerOptions", "parse_max_time", "build_trainer", "fit", "resume_path",
-    "write_config", "write_json", "to_plain", "claim_run_dir", "WriteConfigAtStart", "SeedEveryStep", "EpochTimeBudget", "budget_progress", "PlotCurvesAtEnd", "set_threads",
+    "write_config", "write_json", "to_plain", "claim_run_dir", "WriteConfigAtStart", "SeedEveryStep", "CloseEpochOnResume", "close_saved_epoch", "EpochTimeBudget", "budget_progress", "PlotCurvesAtEnd", "set_threads",
     "BEST", "LAST", "CONFIG", "METRICS",
 ]
 
@@ -216,6 +216,49 @@ class SeedEveryStep(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._seed(trainer, 1, trainer.global_step)
+
+
+class CloseEpochOnResume(Callback):
+    """Resume a ``last.ckpt`` written at a train epoch's end (no validation) as a finished epoch.
+
+    Why: with ``limit_val_batches: 0`` the checkpoint is written in ``on_train_epoch_end``, before
+    Lightning (2.6) marks the epoch completed. Resumed by epochs, Lightning closes it itself; resumed
+    under ``max_steps`` (iteration-based training) it restores the old epoch's batch counters and ends
+    the next epoch after one batch, so the run goes on with other data and other weights than the
+    uninterrupted one. Rewriting the loop state on load (before the loops restore it) makes both
+    cases resume at the next epoch's first batch with fresh per-epoch counters.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        close_saved_epoch(checkpoint)
+
+
+def close_saved_epoch(checkpoint: dict[str, Any]) -> bool:
+    """Mark the epoch of a checkpoint saved at a train epoch's end completed (in place); True if it was one."""
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    ep, bp = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+    if not ep or not bp:
+        return False
+    e, b = ep["total"], bp["total"]
+    at_epoch_end = (e["ready"] == e["started"] == e["processed"] == e["completed"] + 1 and bp.get("is_last_batch")
+                    and b["ready"] == b["started"] == b["processed"] == b["completed"])
+    if not at_epoch_end:
+        return False
+    for part in (ep["total"], ep["current"]):
+        part["completed"] = part["processed"]
+
+    def zero(progress: dict) -> None:
+        for k in progress["current"]:
+            progress["current"][k] = 0
+
+    zero(bp)
+    bp["is_last_batch"] = False
+    if "epoch_loop.scheduler_progress" in fit:
+        zero(fit["epoch_loop.scheduler_progress"])
+    optim = fit.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+    for part in optim.values():
+        zero(part)
+    return True
 
 
 def _timer(trainer: L.Trainer):
@@ -399,7 +442,7 @@ def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **ov
         dirpath=str(out), filename=Path(LAST).stem, monitor=None, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
-    cbs: list[Callback] = [best, last, SeedEveryStep(opts.seed), PlotCurvesAtEnd(out), *callbacks]
+    cbs: list[Callback] = [best, last, SeedEveryStep(opts.seed), CloseEpochOnResume(), PlotCurvesAtEnd(out), *callbacks]
     if opts.max_time:
         cbs.append(EpochTimeBudget())
     progress = str(opts.progress).lower()

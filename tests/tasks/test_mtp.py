@@ -104,22 +104,26 @@ def test_all_task_losses_fall_on_synthetic_multitask_data(data, tmp_path):
             assert curve[-5:].mean() < 0.6 * curve[:2].mean(), (ds, task, curve.round(3).tolist())
 
 
-def test_resume_after_kill_gives_the_same_weights(data, tmp_path):
+@pytest.mark.parametrize("by", ["epochs", "steps"])  # steps: as the MTP configs (max_steps, no validation)
+def test_resume_after_kill_gives_the_same_weights(by, data, tmp_path):
     class Kill(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if trainer.current_epoch == 1:
+            if trainer.current_epoch == 1 and (by == "epochs" or batch_idx == 1):
                 raise RuntimeError("simulated kill")
 
-    cfg = _cfg(data, tmp_path / "full", 2, **{"data.batch_size": 2})  # two steps per epoch (samrs: 2 images)
-    train(cfg)
-    cfg = _cfg(data, tmp_path / "part", 2, **{"data.batch_size": 2})
+    # two steps per epoch (samrs: 2 images)
+    over = {"data.batch_size": 2, **({"trainer.extra": {"max_steps": 6}} if by == "steps" else {})}
+    epochs = 2 if by == "epochs" else 1000
+    train(_cfg(data, tmp_path / "full", epochs, **over))
+    cfg = _cfg(data, tmp_path / "part", epochs, **over)
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(cfg, callbacks=[Kill()])
     assert torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["epoch"] == 0
     cfg.trainer.resume = True
     train(cfg)
-    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["state_dict"]
+    ca, cb = (torch.load(tmp_path / p / "last.ckpt", weights_only=True) for p in ("full", "part"))
+    assert ca["global_step"] == cb["global_step"] == (4 if by == "epochs" else 6)
+    a, b = ca["state_dict"], cb["state_dict"]
     assert a.keys() == b.keys() and any(k.startswith("model.heads.samrs.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)

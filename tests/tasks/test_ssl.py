@@ -252,18 +252,23 @@ def test_ssl_loss_falls_on_a_handful_of_patches_and_the_encoder_is_reusable(tmp_
         torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
 
 
-@pytest.mark.slow  # ~30 s: three short runs
-def test_ssl_resume_after_kill_gives_the_same_weights(tmp_path):
+@pytest.mark.slow  # ~30 s per case: three short runs
+@pytest.mark.parametrize("by", ["epochs", "steps"])
+def test_ssl_resume_after_kill_gives_the_same_weights(by, tmp_path):
+    """``steps``: as the evidence runs, counted in ``max_steps`` without validation (last.ckpt written at a
+    train epoch's end), the case Lightning resumed into a one-batch epoch before ``CloseEpochOnResume``."""
     import lightning as L
 
     class Kill(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if trainer.current_epoch == 1:
+            if trainer.current_epoch == 1 and (by == "epochs" or batch_idx == 1):
                 raise RuntimeError("simulated kill")
 
     root = shared_path("data", "multimodal", "reben_configilm")
-    cfg = _cfg(root, tmp_path / "full", epochs=2)
+    cfg = _cfg(root, tmp_path / "full", epochs=2 if by == "epochs" else 1000)
     cfg.data.batch_size = 4  # two steps per epoch
+    if by == "steps":
+        cfg.trainer.extra = {"max_steps": 6, "limit_val_batches": 0}
     train(cfg)
     cfg.trainer.out = str(tmp_path / "part")
     with pytest.raises(RuntimeError, match="simulated kill"):
@@ -271,8 +276,9 @@ def test_ssl_resume_after_kill_gives_the_same_weights(tmp_path):
     assert torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["epoch"] == 0
     cfg.trainer.resume = True
     train(cfg)
-    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["state_dict"]
+    ca, cb = (torch.load(tmp_path / p / "last.ckpt", weights_only=True) for p in ("full", "part"))
+    assert ca["global_step"] == cb["global_step"] == (4 if by == "epochs" else 6)
+    a, b = ca["state_dict"], cb["state_dict"]
     assert a.keys() == b.keys() and any(k.startswith("teacher.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
