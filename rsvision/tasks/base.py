@@ -361,6 +361,8 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
         _write_splits(dm, Path(t.out))
         task = cls.from_config(config, dm)
         task.resolve_config(config)
+        if t.strategy == "ddp" and any(getattr(m, "conditional_compute", False) for m in task.modules()):
+            t.strategy = "ddp_find_unused_parameters_true"  # e.g. MoE experts no token chose in a step
         t.monitor, t.mode = t.monitor or task.monitor, t.mode or task.mode
         overrides = {**task.trainer_defaults(), **trainer_overrides}
         overrides["callbacks"] = [WriteConfigAtStart(t.out, config), *(overrides.get("callbacks") or [])]

@@ -321,3 +321,33 @@ def test_ssl_on_scene_images_as_the_hr_modality(tmp_path):
     assert not report.unexpected and report.missing
     assert all(k.startswith("head.") or ".s1" in k or ".s2" in k for k in report.missing), report.missing[:5]
     assert res.checkpoint.exists()
+
+
+@pytest.mark.slow  # ~20 s: two gloo processes
+def test_ddp_two_processes_with_experts_no_token_chose(tmp_path):
+    """MoE experts that no token chose in a step get no gradient: plain ``ddp`` fails on them, so
+    ``train`` switches to ``find_unused_parameters`` when the model has conditional compute."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = shared_path("data", "multimodal", "reben_configilm")
+    out = tmp_path / "ddp"
+    exe = Path(sys.executable).parent / "rsvision"  # a script: Lightning re-launches sys.argv per process
+    cmd = [str(exe), "pretrain", "ssl", "--config", "configs/ssl_skysense_v2_tiny.yaml", "--data", str(root),
+           "--out", str(out), "--epochs", "1", "--img-size", "32", "--batch-size", "2", "--set", "data.local_size=16",
+           "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp", "--set", "trainer.progress=none"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "find_unused_parameters_true" in (out / "config.yaml").read_text()
+    assert (out / "encoder.pth").exists()
+    ckpt = torch.load(out / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2  # 8 train pairs, 2 per process per step
+
+
+def test_moe_marks_conditional_compute():
+    from rsvision.models.backbones._skysense_blocks import MoEMlp
+
+    moe = MoEMlp(8, 16, num_experts=4)
+    moe(torch.randn(1, 3, 8)).sum().backward()  # 3 tokens, 4 experts: at least one expert unused
+    assert any(p.grad is None for p in moe.experts.parameters()) and moe.conditional_compute

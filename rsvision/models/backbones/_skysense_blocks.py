@@ -113,7 +113,11 @@ class MoEMlp(nn.Module):
 
     Scaling by the chosen probability keeps the gate trainable (argmax alone has no gradient).
     ``last_balance_loss`` holds the Switch balance loss of the latest call (a tensor in the graph).
+    ``conditional_compute``: an expert no token chose gets no gradient in that step, so DDP training
+    needs ``find_unused_parameters`` (``rsvision.tasks.train`` switches ``ddp`` to it when it sees this).
     """
+
+    conditional_compute = True
 
     def __init__(self, dim: int, hidden: int, num_experts: int = 8):
         super().__init__()
