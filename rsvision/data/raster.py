@@ -34,7 +34,7 @@ from rsvision.errors import BandMismatchError, DataError
 __all__ = [
     "IMAGE_EXTENSIONS", "RasterInfo", "is_image_file", "read_image", "read_info",
     "compute_band_stats", "normalize", "BandStats", "expand_inputs", "max_pixels", "check_pixel_budget",
-    "value_scale", "prepare_pixels", "check_dtype",
+    "value_scale", "prepare_pixels", "check_dtype", "check_complete",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".jp2")
@@ -291,6 +291,32 @@ def check_dtype(dtype: str, path: str | Path | None = None) -> None:
     if np.dtype(dtype).kind not in "uif":
         raise DataError(f"pixel type {dtype} is not supported (expected unsigned / signed integers or floats)",
                         path=path)
+
+
+def check_complete(ds, path: str | Path | None = None) -> None:
+    """Refuse a GeoTIFF cut short (an interrupted download or copy) when it is opened, not windows later.
+
+    GDAL opens a truncated TIFF (its header and tile index sit at the start) and fails only on the
+    first block past the end, which for a whole scene can be an hour of prediction in. The tile / strip
+    index gives every block's byte range: one past the file's size means the file is incomplete. A
+    block that is present but corrupt still fails when it is read.
+    """
+    if ds.driver != "GTiff" or not ds.name or not os.path.isfile(ds.name):
+        return
+    by, bx = ds.block_shapes[0]
+    nx, ny = -(-ds.width // bx), -(-ds.height // by)
+    planes = [1] if ds.interleaving is None or ds.interleaving.name == "pixel" else range(1, ds.count + 1)
+    end = 0
+    for b in planes:
+        for y in range(ny):
+            for x in range(nx):
+                off = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b)
+                if off:  # absent / 0: a sparse block, read as nodata
+                    end = max(end, int(off) + int(ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b) or 0))
+    size = os.path.getsize(ds.name)
+    if end > size:
+        raise DataError(f"truncated: its tiles need {end:,} bytes, the file has {size:,} "
+                        "(an interrupted download or copy?)", path=path)
 
 
 def _nominal_max(dtype: str) -> float:

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rsvision.data.raster import _read_pil, check_dtype, check_pixel_budget, prepare_pixels, value_scale
+from rsvision.data.raster import (_read_pil, check_complete, check_dtype, check_pixel_budget, prepare_pixels,
+                                  value_scale)
 from rsvision.data.tiling import Window
 from rsvision.errors import BandMismatchError, DataError
 
@@ -113,6 +114,7 @@ class RasterSource(_Source):
         try:
             check_pixel_budget(self.ds.height, self.ds.width, self.path)
             check_dtype(self.ds.dtypes[0], self.path)
+            check_complete(self.ds, self.path)
             if bands is None:
                 bands = [i + 1 for i, ci in enumerate(self.ds.colorinterp) if ci != ColorInterp.alpha] or [1]
             bad = [b for b in bands if not 1 <= b <= self.ds.count]
