@@ -28,7 +28,7 @@ from rsvision.errors import ConfigError
 
 __all__ = [
     "parse_set", "load_yaml", "deep_merge", "set_dotted", "from_dict", "load_config",
-    "OptimConfig", "SCHEDULES", "lr_factor", "warmup_factor",
+    "OptimConfig", "SCHEDULES", "lr_factor", "warmup_factor", "check_range",
 ]
 
 SCHEDULES = ("cosine", "time", "step", "constant")
@@ -185,6 +185,20 @@ def load_config(path: str | Path | None, cls: type | None = None, overrides: Map
     if cls is None:
         return data
     return from_dict(cls, data, path=path)
+
+
+def check_range(key: str, value: Any, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> None:
+    """A ``ConfigError`` naming ``key`` unless ``low <= value <= high`` (``low < value`` with ``low_open``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        want = " and ".join(w for w in (f"{'>' if low_open else '>='} {low}" if low is not None else "",
+                                        f"<= {high}" if high is not None else "") if w) or "finite"
+        raise ConfigError(f"{key} must be a number {want}, got {value!r}")
 
 
 @dataclass

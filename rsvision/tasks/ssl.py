@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import rsvision  # noqa: F401  (registers rsvision backbones with timm)
-from rsvision.config import OptimConfig
+from rsvision.config import OptimConfig, check_range
 from rsvision.data.multimodal import DEFAULT_MODALITIES, MultimodalDataConfig, SSLDataModule
 from rsvision.data.views import (MultiCropViews, box_intersection, cell_centres, points_in_boxes, sample_at_scene,
                                  sample_at_view, scene_to_view, view_to_scene)
@@ -83,6 +83,31 @@ class SSLDataSection:
     eval_batch_size: int | None = None
     num_workers: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Sizes and scales where the user set them (also called before training, after attribute edits)."""
+        if self.format not in FORMATS:
+            raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        for key in ("img_size", "local_size"):
+            check_range(f"data.{key}", getattr(self, key), 1)
+        check_range("data.n_local", self.n_local, 0)
+        check_range("data.batch_size", self.batch_size, 2)  # the batch's other scenes are the negatives
+        check_range("data.num_workers", self.num_workers, 0)
+        for key in ("eval_batch_size", "source_size"):
+            if getattr(self, key) is not None:
+                check_range(f"data.{key}", getattr(self, key), 1)
+        for key in ("global_scale", "local_scale"):
+            v = getattr(self, key)
+            if not (isinstance(v, (list, tuple)) and len(v) == 2
+                    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) and 0 < v[0] <= v[1] <= 1):
+                raise ConfigError(f"data.{key} must be two numbers (low, high), 0 < low <= high <= 1 (fractions "
+                                  f"of the scene's area), got {v!r}")
+
+
+FORMATS = ("auto", "index", "bigearthnet_v1", "reben", "ssl4eo", "images")
+
 
 @dataclass
 class SSLModelConfig:
@@ -99,6 +124,16 @@ class SSLModelConfig:
     num_regions: int = 4  # k-means regions per teacher global view
     kmeans_iters: int = 5
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for key in ("proj_dim", "hidden_dim", "num_queries", "pixel_points", "num_regions"):
+            check_range(f"model.{key}", getattr(self, key), 1)
+        check_range("model.kmeans_iters", self.kmeans_iters, 0)
+        check_range("model.temperature", self.temperature, 0, low_open=True)
+        check_range("model.teacher_momentum", self.teacher_momentum, 0, 1)
+
 
 @dataclass
 class SSLOptimConfig(OptimConfig):
@@ -108,6 +143,18 @@ class SSLOptimConfig(OptimConfig):
     pixel_loss_weight: float = 1.0
     object_loss_weight: float = 1.0
     aux_loss_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate()
+
+    def validate(self) -> None:
+        names = ("image", "query", "pixel", "object", "aux")
+        for n in names:
+            check_range(f"optim.{n}_loss_weight", getattr(self, f"{n}_loss_weight"), 0)
+        if not any(getattr(self, f"{n}_loss_weight") > 0 for n in names[:4]):
+            raise ConfigError("optim: every contrastive loss weight (image, query, pixel, object) is 0: "
+                              "nothing to learn from")
 
 
 def _ssl_trainer() -> TrainerOptions:
@@ -356,6 +403,8 @@ class SSLTask(BaseTask):
     @classmethod
     def build_datamodule(cls, cfg: SSLConfig) -> SSLDataModule:
         d = cfg.data
+        for section in (d, cfg.model, cfg.optim):  # fields edited after the config was built
+            section.validate()
         d.modalities = {k: list(v) for k, v in (d.modalities or DEFAULT_MODALITIES).items()}
         mcfg = MultimodalDataConfig(root=d.root, format=d.format, modalities=d.modalities,
                                     img_size=d.img_size, mean=d.mean, std=d.std, batch_size=d.batch_size,

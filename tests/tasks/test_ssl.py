@@ -351,3 +351,30 @@ def test_moe_marks_conditional_compute():
     moe = MoEMlp(8, 16, num_experts=4)
     moe(torch.randn(1, 3, 8)).sum().backward()  # 3 tokens, 4 experts: at least one expert unused
     assert any(p.grad is None for p in moe.experts.parameters()) and moe.conditional_compute
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("model.temperature", 0, "model.temperature"), ("model.teacher_momentum", 1.5, "model.teacher_momentum"),
+    ("model.num_queries", 0, "model.num_queries"), ("model.pixel_points", 0, "model.pixel_points"),
+    ("model.num_regions", 0, "model.num_regions"), ("data.local_size", 0, "data.local_size"),
+    ("data.n_local", -1, "data.n_local"), ("data.global_scale", [0.9, 0.2], "data.global_scale"),
+    ("data.local_scale", [0.1], "data.local_scale"), ("data.batch_size", 1, "data.batch_size"),
+    ("data.format", "foo", "data.format"), ("optim.pixel_loss_weight", -1, "optim.pixel_loss_weight"),
+])
+def test_bad_ssl_options_name_the_option(key, value, needle):
+    from rsvision.config import load_config
+    from rsvision.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        load_config("configs/ssl_skysense_v2_tiny.yaml", SSLConfig, {key: value})
+
+
+def test_all_contrastive_weights_zero_is_refused_also_after_attribute_edits(tmp_path):
+    from rsvision.errors import ConfigError
+
+    cfg = _cfg(shared_path("data", "multimodal", "reben_configilm"), tmp_path / "r", 1)
+    for n in ("image", "query", "pixel", "object"):
+        setattr(cfg.optim, f"{n}_loss_weight", 0.0)
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        train(cfg)
+    assert not (tmp_path / "r" / "last.ckpt").exists()
