@@ -68,6 +68,7 @@ def main(argv=None) -> dict:
         from rsvision.tasks.detection import DetectModelConfig
 
         classes = ["ship", "vehicle", "tank"]
+        torch.manual_seed(0)  # the same random weights every run: detection counts comparable between runs
         cfg = DetectModelConfig(name="lsknet_t", preset=args.preset, fpn_channels=args.fpn, fc_channels=args.fc)
         spec = cfg.build_dict()
         args.fpn, args.fc = cfg.fpn_channels, cfg.fc_channels

@@ -110,7 +110,7 @@ class RotatedSingleRoIExtractor(nn.Module):
                 aligned=self.aligned,
                 clockwise=self.clockwise,
             )
-            out = out.index_put((inds,), pooled)
+            out.index_copy_(0, inds, pooled)  # in place: no second (N, C, S, S) copy per level
         return out
 
 
