@@ -72,13 +72,18 @@ def test_cli_applies_it_at_start(monkeypatch):
     from rsvision.cli import app
 
     calls = []
-    monkeypatch.setattr(rt, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(rt, "keep_freed_memory", lambda one_arena=True: calls.append(one_arena) or True)
     monkeypatch.delenv("RSVISION_MALLOC", raising=False)
     assert CliRunner().invoke(app, ["models"]).exit_code == 0
-    assert calls == [1]
+    assert calls == [True]  # the command owns its process: one malloc arena too
     monkeypatch.setenv("RSVISION_MALLOC", "system")
     assert CliRunner().invoke(app, ["models"]).exit_code == 0
-    assert calls == [1]
+    assert calls == [True]
+    monkeypatch.delenv("RSVISION_MALLOC")
+    monkeypatch.setattr(rt, "_kept", False)
+    with rt.kept_memory():  # a library call: never the arena limit, which could not be undone on exit
+        pass
+    assert calls == [True, False]
 
 
 _SCOPE_PROBE = _MALLINFO + textwrap.dedent(
