@@ -196,9 +196,9 @@ def check_range(key: str, value: Any, low: float | None = None, high: float | No
     if ok and high is not None:
         ok = value <= high
     if not ok:
-        want = " and ".join(w for w in (f"{'>' if low_open else '>='} {low}" if low is not None else "",
-                                        f"<= {high}" if high is not None else "") if w) or "finite"
-        raise ConfigError(f"{key} must be a number {want}, got {value!r}")
+        bounds = ([f"{'>' if low_open else '>='} {low}"] if low is not None else []) + (
+            [f"<= {high}"] if high is not None else [])
+        raise ConfigError(f"{key} must be a number {' and '.join(bounds) or 'finite'}, got {value!r}")
 
 
 @dataclass

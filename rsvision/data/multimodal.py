@@ -47,7 +47,7 @@ from rsvision.errors import ConfigError, DataError
 __all__ = [
     "BEN19_CLASSES", "S2_BANDS", "S1_BANDS", "DEFAULT_MODALITIES", "PairSample", "read_bigearthnet_v1",
     "read_reben", "read_ssl4eo", "read_dataset", "detect_format", "stack_bands", "MultimodalDataset",
-    "MultimodalDataConfig", "MultimodalDataModule", "MultiCropViews", "MultiCropDataset", "SSLDataModule",
+    "MultimodalDataConfig", "MultimodalDataModule", "MultiCropViews", "MultiCropDataset", "SSLDataModule", "PAIR_READERS",
 ]
 
 #: BigEarthNet's 19-class nomenclature (Sumbul et al. 2021), in the official index order.
@@ -181,15 +181,18 @@ def detect_format(root: str | Path) -> str:
                     "s1/ + s2a/)", path=root)
 
 
+#: the S1 / S2 folder layouts ``read_dataset`` reads (``data.format``; ``auto`` detects one)
+PAIR_READERS = {"index": read_index, "bigearthnet_v1": read_bigearthnet_v1, "reben": read_reben, "ssl4eo": read_ssl4eo}
+
+
 def read_dataset(root: str | Path, fmt: str = "auto", split_file: str | Path | None = None) -> list[PairSample]:
     """The samples of ``root`` (``fmt``: auto | index | bigearthnet_v1 | reben | ssl4eo). ``split_file``
     (``split,path`` rows, ``path`` the pair id, as :func:`rsvision.data.classification.read_split_file`
     reads them) replaces the dataset's own splits; pairs it does not list are dropped."""
     fmt = detect_format(root) if fmt == "auto" else fmt
-    readers = {"index": read_index, "bigearthnet_v1": read_bigearthnet_v1, "reben": read_reben, "ssl4eo": read_ssl4eo}
-    if fmt not in readers:
-        raise ConfigError(f"data.format must be auto or one of {sorted(readers)}, got {fmt!r}")
-    samples = readers[fmt](root)
+    if fmt not in PAIR_READERS:
+        raise ConfigError(f"data.format must be auto or one of {sorted(PAIR_READERS)}, got {fmt!r}")
+    samples = PAIR_READERS[fmt](root)
     if split_file is None:
         return samples
     from dataclasses import replace

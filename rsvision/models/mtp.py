@@ -42,7 +42,12 @@ class MTPNet(nn.Module):
         tasks: a subset of :data:`TASKS`.
         seg_channels: UperNet width. detector: Oriented R-CNN builder keys (``fpn_channels``,
             ``fc_channels``, ``rpn``, ``rcnn``, ...). instance: the Mask R-CNN decoder's keys.
+
+    ``conditional_compute``: a dataset without a task's labels leaves that task's last layers without a
+    gradient in a step, so DDP needs ``find_unused_parameters`` (``rsvision.tasks.train`` sets it).
     """
+
+    conditional_compute = True
 
     def __init__(self, backbone: str, datasets: Mapping[str, Sequence[str]], tasks: Sequence[str] = TASKS[:2],
                  in_chans: int = 3, backbone_kwargs: Mapping[str, Any] | None = None, seg_channels: int = 256,

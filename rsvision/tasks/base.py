@@ -362,7 +362,9 @@ def train(config: Any, **trainer_overrides: Any) -> RunResult:
         task = cls.from_config(config, dm)
         task.resolve_config(config)
         if t.strategy == "ddp" and any(getattr(m, "conditional_compute", False) for m in task.modules()):
-            t.strategy = "ddp_find_unused_parameters_true"  # e.g. MoE experts no token chose in a step
+            # parameters some steps leave without a gradient: MoE experts no token chose, MTP heads of a
+            # dataset without that task's labels
+            t.strategy = "ddp_find_unused_parameters_true"
         t.monitor, t.mode = t.monitor or task.monitor, t.mode or task.mode
         overrides = {**task.trainer_defaults(), **trainer_overrides}
         overrides["callbacks"] = [WriteConfigAtStart(t.out, config), *(overrides.get("callbacks") or [])]

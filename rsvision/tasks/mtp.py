@@ -167,8 +167,6 @@ class MTPTask(BaseTask):
         d, m, t = cfg.data, cfg.model, cfg.trainer
         if "rotated" in m.tasks:
             _resolve_detector(m)
-        if t.strategy == "ddp":  # some parameters see no gradient in a step (a dataset without a task's labels)
-            t.strategy = "ddp_find_unused_parameters_true"
         d.mean = list(d.mean or [123.675, 116.28, 103.53])
         d.std = list(d.std or [58.395, 57.12, 57.375])
         data = {"datasets": dm.classes, "mean": d.mean, "std": d.std, "img_size": d.img_size,

@@ -52,7 +52,7 @@ from torch import nn
 
 import rsvision  # noqa: F401  (registers rsvision backbones with timm)
 from rsvision.config import OptimConfig, check_range
-from rsvision.data.multimodal import DEFAULT_MODALITIES, MultimodalDataConfig, SSLDataModule
+from rsvision.data.multimodal import DEFAULT_MODALITIES, PAIR_READERS, MultimodalDataConfig, SSLDataModule
 from rsvision.data.views import (MultiCropViews, box_intersection, cell_centres, points_in_boxes, sample_at_scene,
                                  sample_at_view, scene_to_view, view_to_scene)
 from rsvision.errors import CheckpointError, ConfigError
@@ -88,8 +88,9 @@ class SSLDataSection:
 
     def validate(self) -> None:
         """Sizes and scales where the user set them (also called before training, after attribute edits)."""
-        if self.format not in FORMATS:
-            raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        formats = ("auto", *PAIR_READERS, "images")
+        if self.format not in formats:
+            raise ConfigError(f"data.format must be one of {', '.join(formats)}, got {self.format!r}")
         for key in ("img_size", "local_size"):
             check_range(f"data.{key}", getattr(self, key), 1)
         check_range("data.n_local", self.n_local, 0)
@@ -104,9 +105,6 @@ class SSLDataSection:
                     and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) and 0 < v[0] <= v[1] <= 1):
                 raise ConfigError(f"data.{key} must be two numbers (low, high), 0 < low <= high <= 1 (fractions "
                                   f"of the scene's area), got {v!r}")
-
-
-FORMATS = ("auto", "index", "bigearthnet_v1", "reben", "ssl4eo", "images")
 
 
 @dataclass
@@ -287,7 +285,7 @@ class SSLTask(BaseTask):
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
 
     def configure_model(self) -> nn.Module:
-        m = SSLModelConfig(**self.hparams.model)
+        m = self.model_cfg = SSLModelConfig(**self.hparams.model)  # parsed and checked once, read every step
         kwargs = {"modalities": dict(self.hparams.modalities), **m.kwargs}
         try:
             enc = timm.create_model(m.name, pretrained=False, num_classes=0, **kwargs)
@@ -326,7 +324,7 @@ class SSLTask(BaseTask):
         return torch.rand(n, len(idx), p, 2, generator=g)
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        m = SSLModelConfig(**self.hparams.model)
+        m = self.model_cfg
         o = self.optim_cfg
         tau, k = m.temperature, m.num_regions
         use_pix, use_obj = o.pixel_loss_weight > 0, o.object_loss_weight > 0
