@@ -442,7 +442,12 @@ def build_trainer(opts: TrainerOptions, callbacks: Iterable[Callback] = (), **ov
         dirpath=str(out), filename=Path(LAST).stem, monitor=None, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
-    cbs: list[Callback] = [best, last, SeedEveryStep(opts.seed), CloseEpochOnResume(), PlotCurvesAtEnd(out), *callbacks]
+    # Without validation a `val/` metric never exists: no best.ckpt (Lightning would warn every epoch);
+    # RunResult.checkpoint is then last.ckpt.
+    no_val = {**(opts.extra or {}), **overrides}.get("limit_val_batches") == 0
+    selects = [] if no_val and (opts.monitor or "val/loss").startswith("val/") else [best]
+    cbs: list[Callback] = [*selects, last, SeedEveryStep(opts.seed), CloseEpochOnResume(), PlotCurvesAtEnd(out),
+                           *callbacks]
     if opts.max_time:
         cbs.append(EpochTimeBudget())
     progress = str(opts.progress).lower()
@@ -481,4 +486,6 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDa
             _trim_metrics(Path(opts.out), state)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, **fit_kwargs)
     cb = trainer.checkpoint_callback
+    if getattr(cb, "monitor", None) is None:  # nothing selected a best checkpoint (no validation)
+        return None
     return getattr(cb, "best_model_path", None) or None

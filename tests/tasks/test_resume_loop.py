@@ -147,3 +147,16 @@ def test_close_saved_epoch_only_touches_an_epoch_end_checkpoint(tmp_path):
     assert fit_loop["epoch_loop.batch_progress"]["total"]["completed"] == 10  # totals kept
     assert not close_saved_epoch(ckpt)  # already closed: unchanged
     assert not close_saved_epoch({"state_dict": {}}) and not close_saved_epoch({"loops": {"fit_loop": {}}})
+
+
+def test_without_validation_a_val_monitor_writes_no_best_checkpoint_and_no_warning(tmp_path, recwarn):
+    """A ``val/`` monitor with ``limit_val_batches: 0`` (SSL / MTP configs): nothing to select, no warning."""
+    opts = TrainerOptions(out=str(tmp_path), max_epochs=2, device="cpu", seed=3, progress="none", threads=1,
+                          monitor="val/loss", extra={"limit_val_batches": 0})
+    trainer = build_trainer(opts)
+    assert fit(trainer, _Toy(str(tmp_path / "steps.jsonl")), opts=opts) is None
+    assert (tmp_path / "last.ckpt").exists() and not (tmp_path / "best.ckpt").exists()
+    assert not [w for w in recwarn if "val/loss" in str(w.message)]
+    opts = TrainerOptions(out=str(tmp_path / "v"), max_epochs=1, device="cpu", seed=3, progress="none", threads=1,
+                          monitor="val/loss")
+    assert fit(build_trainer(opts), _Toy(str(tmp_path / "steps.jsonl")), opts=opts) == str(tmp_path / "v" / "best.ckpt")
