@@ -122,15 +122,20 @@ def claim_dir(folder: str | Path, exist_ok: bool = False, what: str = "--out", o
         raise OutputExistsError(f"{what} {folder} already holds results; choose another {what}, or pass "
                                 f"{opt_in} to add to it (files of the same name are replaced, nothing else "
                                 f"is touched)", path=folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {what} {folder}: {exc.strerror}", path=folder) from exc
     lock = _take_lock(folder, what)
+    failed = True
     try:
         yield folder
+        failed = False
     finally:
         lock.unlink(missing_ok=True)
+        if failed and created and not any(folder.iterdir()):  # failed before writing anything: no folder left
+            folder.rmdir()
 
 
 def check_writable_file(path: str | Path | None, what: str = "--json") -> None:

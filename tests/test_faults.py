@@ -444,3 +444,22 @@ def test_device_without_cuda_is_a_clear_error(tmp_path):
     r = run(["segment", "train", "--data", tmp_path, "--device", "cuda", "--out", tmp_path / "r"])
     assert r.exit_code == 2 and "CUDA is not available" in r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_new_folder(tmp_path):
+    def fail_in(folder, write=False):
+        with pytest.raises(RuntimeError), claim_dir(folder):
+            if write:
+                (folder / "partial.txt").write_text("x")
+            raise RuntimeError("bad option found after the folder was claimed")
+
+    fail_in(tmp_path / "new" / "run")
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "mine").mkdir()
+    fail_in(tmp_path / "mine")  # the user's own empty folder stays
+    assert (tmp_path / "mine").is_dir()
+    fail_in(tmp_path / "half", write=True)  # what a failed run wrote stays (resume, diagnosis)
+    assert (tmp_path / "half" / "partial.txt").exists()
+    with claim_dir(tmp_path / "ok"):
+        pass
+    assert (tmp_path / "ok").is_dir()
