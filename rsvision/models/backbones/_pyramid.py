@@ -55,7 +55,33 @@ class Block(nn.Module):
         return x
 
 
-class PyramidBackbone(nn.Module):
+class PooledHead:
+    """timm's classifier interface over ``forward_features``' last (B, C, H, W) map: average pooling,
+    dropout, ``head`` (a Linear of ``num_features`` inputs). Shared by the pyramid backbones and
+    SkySense V2; the class using it sets ``head``, ``num_features``, ``num_classes``, ``global_pool``
+    and ``drop_rate``."""
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        if self.drop_rate > 0:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+class PyramidBackbone(PooledHead, nn.Module):
     """Four stages (strides 4/8/16/32) of ``Block``s, with timm's classifier / features interface.
 
     Subclasses provide ``make_attn(dim)`` and ``make_mlp(dim, mlp_ratio, drop)``.
@@ -236,25 +262,6 @@ class PyramidBackbone(nn.Module):
             x = self.stage(i, x)
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        if self.drop_rate > 0:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    # -- classifier -------------------------------------------------------------------------
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from rsvision.errors import BandMismatchError, ConfigError
-from rsvision.models.backbones._pyramid import create_pyramid_model, default_cfg
+from rsvision.models.backbones._pyramid import PooledHead, create_pyramid_model, default_cfg
 from rsvision.models.backbones._skysense_blocks import AdaptivePatchMerging, Block, MoEMlp, WindowMSA
 
 __all__ = ["SkySenseV2", "DEFAULT_MODALITIES"]
@@ -76,7 +76,7 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
-class SkySenseV2(nn.Module):
+class SkySenseV2(PooledHead, nn.Module):
     """SkySense V2 backbone / classifier with timm's interface (``forward_intermediates``, ``features_only``)."""
 
     def __init__(
@@ -299,25 +299,6 @@ class SkySenseV2(nn.Module):
 
     def forward_features(self, x: Inputs) -> torch.Tensor:
         return self.forward_intermediates(x, indices=[self.num_stages - 1])[0]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        if self.drop_rate > 0:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Inputs) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 _VARIANTS = {
