@@ -220,7 +220,8 @@ class DetectionTask(BaseTask):
         from rsvision.models import load_checkpoint
 
         report = load_checkpoint(self.model, path)
-        log.info("pretrained weights from %s:\n%s", path, getattr(report, "summary", lambda: "")())
+        if report.ok:  # otherwise load_checkpoint already logged the report (a warning)
+            log.info("pretrained weights from %s:\n%s", path, report.summary())
         return report
 
     @classmethod
