@@ -31,3 +31,17 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+def assert_same_last_checkpoint(full: Path, part: Path, global_step: int, prefix: str) -> None:
+    """A resumed run (``part``) ended where the uninterrupted one (``full``) did, with its weights.
+
+    ``prefix``: a state-dict key prefix that must be present (the part a test is about: MTP's heads,
+    SSL's teacher), so an empty or foreign checkpoint cannot pass.
+    """
+    ca, cb = (torch.load(p / "last.ckpt", weights_only=True) for p in (full, part))
+    assert ca["global_step"] == cb["global_step"] == global_step
+    a, b = ca["state_dict"], cb["state_dict"]
+    assert a.keys() == b.keys() and any(k.startswith(prefix) for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)

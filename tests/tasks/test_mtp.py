@@ -13,6 +13,7 @@ from rsvision.config import load_config
 from rsvision.data.synthetic.multitask import write_multitask_dataset
 from rsvision.tasks import train
 from rsvision.tasks.mtp import MTPConfig
+from tests.conftest import assert_same_last_checkpoint
 
 CONFIG = "configs/mtp_synthetic_tiny.yaml"
 TINY = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
@@ -121,12 +122,7 @@ def test_resume_after_kill_gives_the_same_weights(by, data, tmp_path):
     assert torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["epoch"] == 0
     cfg.trainer.resume = True
     train(cfg)
-    ca, cb = (torch.load(tmp_path / p / "last.ckpt", weights_only=True) for p in ("full", "part"))
-    assert ca["global_step"] == cb["global_step"] == (4 if by == "epochs" else 6)
-    a, b = ca["state_dict"], cb["state_dict"]
-    assert a.keys() == b.keys() and any(k.startswith("model.heads.samrs.") for k in a)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_same_last_checkpoint(tmp_path / "full", tmp_path / "part", 4 if by == "epochs" else 6, "model.heads.samrs.")
 
 
 def test_pretrain_mtp_encoder_loads_with_pretrained_in_every_task(data, tmp_path):

@@ -13,7 +13,7 @@ from rsvision.tasks import load_task, train
 from rsvision.data.views import (box_intersection, cell_centres, points_in_boxes, sample_at_scene, scene_to_view,
                                  view_to_scene)
 from rsvision.tasks.ssl import SSLConfig, SSLTask, info_nce, kmeans_regions, object_nce, pixel_nce
-from tests.conftest import shared_path
+from tests.conftest import assert_same_last_checkpoint, shared_path
 
 SMALL = {"embed_dim": 16, "depths": [1, 1, 2, 2], "head_dim": 8}
 
@@ -276,12 +276,7 @@ def test_ssl_resume_after_kill_gives_the_same_weights(by, tmp_path):
     assert torch.load(tmp_path / "part" / "last.ckpt", weights_only=True)["epoch"] == 0
     cfg.trainer.resume = True
     train(cfg)
-    ca, cb = (torch.load(tmp_path / p / "last.ckpt", weights_only=True) for p in ("full", "part"))
-    assert ca["global_step"] == cb["global_step"] == (4 if by == "epochs" else 6)
-    a, b = ca["state_dict"], cb["state_dict"]
-    assert a.keys() == b.keys() and any(k.startswith("teacher.") for k in a)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert_same_last_checkpoint(tmp_path / "full", tmp_path / "part", 4 if by == "epochs" else 6, "teacher.")
 
 
 def test_views_are_finite_on_real_pairs():
