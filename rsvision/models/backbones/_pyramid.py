@@ -57,9 +57,9 @@ class Block(nn.Module):
 
 class PooledHead:
     """timm's classifier interface over ``forward_features``' last (B, C, H, W) map: average pooling,
-    dropout, ``head`` (a Linear of ``num_features`` inputs). Shared by the pyramid backbones and
-    SkySense V2; the class using it sets ``head``, ``num_features``, ``num_classes``, ``global_pool``
-    and ``drop_rate``."""
+    dropout, ``head`` (a Linear of ``num_features`` inputs). Shared by the pyramid backbones, SkySense
+    V2 and ViT-RVSA (which pools tokens in its own ``forward_head``); the class using it sets ``head``,
+    ``num_features``, ``num_classes``, ``global_pool`` and ``drop_rate``."""
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":

@@ -33,6 +33,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from rsvision.models.backbones._pyramid import PooledHead
 from rsvision.models.checkpoints import checkpoint_filter_fn, resize_pos_embed, resize_rel_pos
 
 __all__ = ["ViTRVSA", "RVSAttention", "GlobalAttention", "resize_pos_embed", "resize_rel_pos"]
@@ -225,7 +226,7 @@ class Norm2d(nn.Module):
         return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class ViTRVSA(nn.Module):
+class ViTRVSA(PooledHead, nn.Module):
     """MTP's ViT + RVSA backbone: four maps (strides 4, 8, 16, 32) from blocks ``out_indices``.
 
     timm interface: ``forward_intermediates`` gives the four maps (``features_only=True``),
@@ -309,15 +310,6 @@ class ViTRVSA(nn.Module):
     def get_num_layers(self) -> int:
         return len(self.blocks)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 4, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """``features_only``: drop the classifier; blocks and ``norm`` stay (their keys are in every checkpoint)."""
@@ -367,12 +359,10 @@ class ViTRVSA(nn.Module):
         return self._tokens(x, len(self.blocks) - 1)[1]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens ``(B, N, C)``: mean of the patch tokens (``avg``) or the first token, then ``norm``."""
         x = self.norm(x.mean(dim=1) if self.global_pool == "avg" else x[:, 0])
         x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _COMMON = dict(patch_size=16, mlp_ratio=4.0, qkv_bias=True)
