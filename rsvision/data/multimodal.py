@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rsvision.data.raster import compute_band_stats, normalize
+from rsvision.data.raster import check_complete, check_dtype, check_pixel_budget, compute_band_stats, normalize
 from rsvision.data.transforms import ResizePolicy, SceneTransform
 from rsvision.data.views import MultiCropViews  # noqa: F401  (re-exported: its home before rsvision.data.views)
 from rsvision.errors import ConfigError, DataError
@@ -219,7 +219,11 @@ def check_bands(sample: PairSample, modalities: Mapping[str, Sequence[str]]) -> 
 
 
 def stack_bands(files: Mapping[str, str], bands: Sequence[str], reference: Optional[str] = None) -> np.ndarray:
-    """Read ``bands`` onto the grid of ``reference`` (default: B02, else the first band) -> float32 (C, H, W)."""
+    """Read ``bands`` onto the grid of ``reference`` (default: B02, else the first band) -> float32 (C, H, W).
+
+    Each band file is checked as it is opened (pixel budget, a file cut short, real-valued pixels); a
+    band whose NaN / inf or footprint leaves part of the grid uncovered is named in the error.
+    """
     import rasterio
     from rasterio.warp import Resampling, reproject
 
@@ -230,11 +234,15 @@ def stack_bands(files: Mapping[str, str], bands: Sequence[str], reference: Optio
     current = files[ref]
     try:
         with rasterio.open(current) as r:
+            check_pixel_budget(r.height, r.width, current)
             crs, transform, shape = r.crs, r.transform, r.shape
         out = np.full((len(bands), *shape), np.nan, np.float32)
         for i, b in enumerate(bands):
             current = files[b]
             with rasterio.open(current) as src:
+                check_pixel_budget(src.height, src.width, current)
+                check_dtype(src.dtypes[0], current)
+                check_complete(src, current)
                 arr = src.read(1).astype(np.float32)
                 if (src.crs, src.transform, src.shape) == (crs, transform, shape):
                     out[i] = arr
@@ -243,15 +251,22 @@ def stack_bands(files: Mapping[str, str], bands: Sequence[str], reference: Optio
                               dst_crs=crs, dst_nodata=np.nan, resampling=Resampling.bilinear)
     except rasterio.errors.RasterioError as exc:
         raise DataError(f"cannot read band ({exc})", path=current) from exc
-    if not np.isfinite(out).all():
-        out = _trim_to_valid(out, files[ref])
-    return out
+    if np.isfinite(out).all():
+        return out
+    box = _valid_box(np.isfinite(out).all(0))
+    if box is None:
+        bad = (~np.isfinite(out)).reshape(len(bands), -1).sum(1)
+        i = int(bad.argmax())
+        raise DataError(f"band {bands[i]}: {bad[i]:,} of {out[i].size:,} pixels of the pair's "
+                        f"{shape[1]}x{shape[0]} grid are NaN / inf or not covered by the file", path=files[bands[i]])
+    (top, bottom), (left, right) = box
+    return np.ascontiguousarray(out[:, top:bottom, left:right])
 
 
-def _trim_to_valid(arr: np.ndarray, where: str) -> np.ndarray:
-    """Crop border rows / columns until every band is finite everywhere (a resampled band, e.g. SSL4EO's
-    offset S1, does not cover the reference grid's edge); a sample left with under half its side is bad."""
-    valid = np.isfinite(arr).all(0)
+def _valid_box(valid: np.ndarray) -> Optional[tuple[tuple[int, int], tuple[int, int]]]:
+    """Rows / columns of ``valid`` (H, W) left after cropping border lines with invalid pixels (a
+    resampled band, e.g. SSL4EO's offset S1, does not cover the reference grid's edge); None when
+    that leaves under half a side or invalid pixels remain inside."""
     top, bottom, left, right = 0, valid.shape[0], 0, valid.shape[1]
     while top < bottom and left < right:
         v = valid[top:bottom, left:right]
@@ -262,8 +277,8 @@ def _trim_to_valid(arr: np.ndarray, where: str) -> np.ndarray:
         top, bottom = top + (side == "top"), bottom - (side == "bottom")
         left, right = left + (side == "left"), right - (side == "right")
     if bottom - top < valid.shape[0] / 2 or right - left < valid.shape[1] / 2 or not valid[top:bottom, left:right].all():
-        raise DataError("NaN / inf or uncovered pixels inside the sample's bands", path=where)
-    return np.ascontiguousarray(arr[:, top:bottom, left:right])
+        return None
+    return (top, bottom), (left, right)
 
 
 class MultimodalDataset(Dataset):

@@ -147,3 +147,36 @@ def test_index_csv_reads_both_sources_and_split_files_replace_splits(tmp_path):
     (tmp_path / "bad.csv").write_text("split,path\ntrain,no_such_pair\n")
     with pytest.raises(DataError, match="no_such_pair"):
         read_dataset(root, split_file=tmp_path / "bad.csv")
+
+
+def _band(path, arr, size=None, res=10.0, dtype=None):
+    from rasterio.transform import from_origin
+
+    h, w = arr.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=1, dtype=dtype or arr.dtype,
+                       crs="EPSG:32634", transform=from_origin(500000, 6000000, res, res)) as dst:
+        dst.write(arr.astype(dtype or arr.dtype), 1)
+    return str(path)
+
+
+def test_the_band_at_fault_is_named(tmp_path):
+    """NaN inside one band, a band covering part of the grid, complex pixels: the error names that band's
+    file (it named the reference band B02 for the first two, and read complex pixels as their real part)."""
+    rng = np.random.default_rng(0)
+    good = rng.integers(1, 3000, (120, 120)).astype(np.uint16)
+    files = {"B02": _band(tmp_path / "B02.tif", good), "B03": _band(tmp_path / "B03.tif", good)}
+    assert stack_bands(files, ["B02", "B03"]).shape == (2, 120, 120)
+    edge = good.astype(np.float32)
+    edge[:, :3] = np.nan  # a border without data is cropped, as for SSL4EO's offset S1
+    assert stack_bands(dict(files, B03=_band(tmp_path / "edge.tif", edge)), ["B02", "B03"]).shape == (2, 120, 117)
+    holed = good.astype(np.float32)
+    holed[50:60, 50:60] = np.nan
+    cases = {
+        "holed.tif": (_band(tmp_path / "holed.tif", holed), "100 of 14,400 pixels"),
+        "part.tif": (_band(tmp_path / "part.tif", good[:37, :37]), "13,031 of 14,400 pixels"),
+        "cplx.tif": (_band(tmp_path / "cplx.tif", good, dtype="complex64"), "complex64 is not supported"),
+    }
+    for name, (path, needle) in cases.items():
+        with pytest.raises(DataError, match=needle) as err:
+            stack_bands(dict(files, B03=path), ["B02", "B03"])
+        assert err.value.path is not None and str(err.value.path).endswith(name), err.value
