@@ -23,7 +23,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Optional, Sequence
 
 from rsvision.errors import ConfigError, RSVisionError
 
@@ -69,19 +69,37 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Itera
         os.fsync(f.fileno())
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> Optional[tuple[str, str]]:
+    """``(state, start time in clock ticks since boot)`` from Linux's ``/proc/<pid>/stat``; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, started: Optional[str] = None) -> bool:
+    """Whether the lock holder ``pid`` still runs: not a zombie (a killed run's processes stay zombies
+    until reaped), and, when the lock recorded its start time, the same process (pids are reused:
+    Linux's default pid_max is 32768)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    return stat[0] not in ("Z", "X") and (started is None or stat[1] == started)
 
 
 def _take_lock(folder: Path, what: str) -> Path:
     lock = folder / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
+    stat = _proc_stat(os.getpid())
+    if stat is not None:
+        me["started"] = stat[1]
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -91,7 +109,7 @@ def _take_lock(folder: Path, what: str) -> Path:
             except (OSError, ValueError):
                 owner = {}
             same_host = owner.get("host") == me["host"]
-            if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+            if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"], owner.get("started")):
                 for tmp in folder.glob(f".*.{owner['pid']}.*.tmp*"):  # that run's unfinished files
                     tmp.unlink(missing_ok=True)
                 lock.unlink(missing_ok=True)  # left by a killed run: take it over

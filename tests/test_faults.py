@@ -463,3 +463,40 @@ def test_a_run_that_fails_before_writing_leaves_no_new_folder(tmp_path):
     with claim_dir(tmp_path / "ok"):
         pass
     assert (tmp_path / "ok").is_dir()
+
+
+def test_a_lock_held_by_a_zombie_or_a_reused_pid_is_taken_over(tmp_path):
+    """A killed run's processes can stay zombies until reaped, and a dead holder's pid can belong to
+    another process later: neither is writing, so neither keeps the folder locked."""
+    import json
+    import socket
+
+    from rsvision.outputs import _pid_alive, _proc_stat
+
+    if _proc_stat(os.getpid()) is None:
+        pytest.skip("no /proc")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(200):  # exited but not waited for: a zombie
+        if _proc_stat(child.pid)[0] == "Z":
+            break
+        time.sleep(0.05)
+    try:
+        assert not _pid_alive(child.pid)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / LOCK_NAME).write_text(json.dumps({"pid": child.pid, "host": socket.gethostname()}))
+        with claim_dir(tmp_path / "a", exist_ok=True):
+            assert json.loads((tmp_path / "a" / LOCK_NAME).read_text())["pid"] == os.getpid()
+    finally:
+        child.wait()
+    me = _proc_stat(os.getpid())[1]
+    assert _pid_alive(os.getpid(), me) and not _pid_alive(os.getpid(), str(int(me) + 1))
+    (tmp_path / "b").mkdir()  # this very pid, recorded with another start time: a previous owner of the pid
+    (tmp_path / "b" / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "started": str(int(me) + 1)}))
+    with claim_dir(tmp_path / "b", exist_ok=True):
+        pass
+    (tmp_path / "c").mkdir()  # a live holder still stops a second command
+    (tmp_path / "c" / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "started": me}))
+    with pytest.raises(Exception, match="another rsvision command"), claim_dir(tmp_path / "c", exist_ok=True):
+        pass

@@ -325,7 +325,8 @@ def test_cli_killed_mid_run_then_resumed_equals_an_uninterrupted_run(world, clie
     # skips what it finished and does the rest; an uninterrupted run gives the same files
     opts = json.loads((out / "batch.json").read_text())["options"]
     again = predict_many(world["ckpt"]["det"], [world["scenes"]], out, cluster=client, **opts)
-    assert sorted(m["scene"] for m in again.skipped) == done_before and not again.failed
+    assert not again.failed, [(m["scene"], m["reason"]) for m in again.failed]
+    assert sorted(m["scene"] for m in again.skipped) == done_before
     assert len(again.done) == len(GRID) - len(done_before)
     full = predict_many(world["ckpt"]["det"], [world["scenes"]], tmp_path / "full", cluster=client, **opts)
     assert len(full.done) == len(GRID)
