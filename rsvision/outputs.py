@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Sequence
 
@@ -94,6 +95,24 @@ def _pid_alive(pid: int, started: Optional[str] = None) -> bool:
     return stat[0] not in ("Z", "X") and (started is None or stat[1] == started)
 
 
+def _lock_owner(lock: Path, wait: float = 5.0) -> Optional[dict]:
+    """The holder recorded in ``lock``; None when it stays empty or unreadable for ``wait`` seconds (its
+    creator writes it right after creating it, so only a run killed in between leaves it so)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            owner = json.loads(lock.read_text())
+            if isinstance(owner, dict):
+                return owner
+        except FileNotFoundError:
+            return {}  # released meanwhile
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
 def _take_lock(folder: Path, what: str) -> Path:
     lock = folder / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -104,10 +123,10 @@ def _take_lock(folder: Path, what: str) -> Path:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                owner = {}
+            owner = _lock_owner(lock)
+            if not owner:  # released meanwhile, or left empty by a run killed between creating and writing it
+                lock.unlink(missing_ok=True)
+                continue
             same_host = owner.get("host") == me["host"]
             if same_host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"], owner.get("started")):
                 for tmp in folder.glob(f".*.{owner['pid']}.*.tmp*"):  # that run's unfinished files

@@ -500,3 +500,10 @@ def test_a_lock_held_by_a_zombie_or_a_reused_pid_is_taken_over(tmp_path):
                                                         "started": me}))
     with pytest.raises(Exception, match="another rsvision command"), claim_dir(tmp_path / "c", exist_ok=True):
         pass
+
+
+def test_an_empty_lock_left_by_a_kill_between_create_and_write_is_taken_over(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("")
+    with claim_dir(tmp_path, exist_ok=True):
+        assert (tmp_path / LOCK_NAME).read_text().startswith("{")
+    assert not (tmp_path / LOCK_NAME).exists()
