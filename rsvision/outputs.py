@@ -172,7 +172,8 @@ def claim_dir(folder: str | Path, exist_ok: bool = False, what: str = "--out", o
     finally:
         lock.unlink(missing_ok=True)
         if failed and created and not any(folder.iterdir()):  # failed before writing anything: no folder left
-            folder.rmdir()
+            with contextlib.suppress(OSError):  # something appeared meanwhile: keep it
+                folder.rmdir()
 
 
 def check_writable_file(path: str | Path | None, what: str = "--json") -> None:
