@@ -27,8 +27,10 @@ is stage ``model.dense_stage`` (default -1, the last; SkySense keeps S1 / S2 tok
 through every stage, so it is not necessarily tiny). Pixel draws are seeded by (global step, batch
 indices), so exact resume holds.
 
-Left out, and why: the image-text alignment with OpenStreetMap (no such data here); negatives are not
-gathered across DDP processes (each process contrasts its own batch). Choices of this implementation:
+Left out, and why: the image-text alignment with OpenStreetMap (no such data here). Under DDP the image
+and QSACL keys of every process are gathered (:func:`gather_rows`: the global batch's scenes are the
+negatives); pixel and object rows, whose counts differ per process, are contrasted within each process's
+batch. Choices of this implementation:
 projector MLP ``C -> hidden -> proj_dim`` shared by the image and query losses, a separate dense one
 for pixels and regions, teacher momentum constant (``teacher_momentum``). Nearby points of one scene
 are negatives of each other in the pixel loss (no distance threshold, unlike PixPro).
@@ -169,10 +171,25 @@ class SSLConfig:
     trainer: TrainerOptions = field(default_factory=_ssl_trainer)
 
 
-def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE of L2-normalised rows: row i of ``student`` should match row i of ``teacher`` among all rows."""
+def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float, offset: int = 0) -> torch.Tensor:
+    """InfoNCE of L2-normalised rows: row i of ``student`` (N, D) should match row ``offset + i`` of
+    ``teacher`` (M, D) among all M rows. ``teacher`` may hold every DDP process's rows (``offset``: this
+    process's first one), so the other processes' samples are negatives too."""
     logits = student @ teacher.T / temperature
-    return F.cross_entropy(logits, torch.arange(len(student), device=student.device))
+    return F.cross_entropy(logits, offset + torch.arange(len(student), device=student.device))
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every DDP process's ``x`` (N, ...) stacked in rank order (no gradient: used for teacher keys) and this
+    process's first row in it; ``(x, 0)`` outside a process group. Every process must give the same N
+    (DistributedSampler and ``drop_last`` make the batches equal)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts), dist.get_rank() * len(x)
 
 
 def pixel_nce(s_map: torch.Tensor, s_geom: torch.Tensor, t_map: torch.Tensor, t_geom: torch.Tensor,
@@ -344,16 +361,19 @@ class SSLTask(BaseTask):
         s_views = [*batch["global"], *batch["local"]]
         s_geoms = [*batch.get("global_geom", []), *batch.get("local_geom", [])]
         u = self._draws(batch, len(s_views) * n_global, m.pixel_points).to(self.device) if use_pix else None
+        # image and QSACL keys of every DDP process: the global batch's other scenes are negatives
+        t_img_all = [gather_rows(t) for t in t_img]
+        t_q_all = [gather_rows(t.flatten(0, 1)) for t in t_q]
         img, qry, pix, obj, aux = [], [], [], [], []
         for v_idx, view in enumerate(s_views):
             fmap, dmap, a = self.model.features(view)
             aux.append(a)
             z = heads.image(fmap)
             others = [g for g in range(n_global) if g != v_idx]  # a global view is not contrasted with itself
-            img += [info_nce(z, t_img[g], tau) for g in others]
+            img += [info_nce(z, t_img_all[g][0], tau, t_img_all[g][1]) for g in others]
             if v_idx < n_global:
                 q = heads.query(fmap)
-                qry += [info_nce(q.flatten(0, 1), t_q[g].flatten(0, 1), tau) for g in others]
+                qry += [info_nce(q.flatten(0, 1), t_q_all[g][0], tau, t_q_all[g][1]) for g in others]
             if use_obj:
                 s_cells = heads.dense(dmap.flatten(2).transpose(1, 2))
             for g in others:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rsvision.data.multimodal import MultiCropDataset, MultiCropViews, MultimodalDataset, read_dataset
 from rsvision.tasks import load_task, train
@@ -316,6 +317,50 @@ def test_ssl_on_scene_images_as_the_hr_modality(tmp_path):
     assert not report.unexpected and report.missing
     assert all(k.startswith("head.") or ".s1" in k or ".s2" in k for k in report.missing), report.missing[:5]
     assert res.checkpoint.exists()
+
+
+_GATHER_WORKER = """
+import sys, torch, torch.distributed as dist
+from rsvision.tasks.ssl import gather_rows, info_nce
+rank, path = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method="file://" + path + "/pg", rank=rank, world_size=2)
+data = torch.load(path + "/data.pt")
+s = data["s"][rank].clone().requires_grad_(True)
+keys, offset = gather_rows(data["t"][rank])
+loss = info_nce(s, keys, 0.2, offset)
+loss.backward()
+torch.save({"loss": loss.detach(), "grad": s.grad, "offset": offset, "keys": keys}, path + f"/r{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_negatives_are_gathered_across_ddp_processes(tmp_path):
+    """Two gloo processes with B rows each give the loss and gradients of one process with all 2B rows
+    (the mean of the two losses; each process's gradient twice its rows' share), so DDP pretraining
+    contrasts against the global batch, not each process's half."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    g = torch.Generator().manual_seed(0)
+    s = F.normalize(torch.randn(2, 5, 8, generator=g), dim=-1)
+    t = F.normalize(s + 0.3 * torch.randn(2, 5, 8, generator=g), dim=-1)
+    torch.save({"s": s, "t": t}, tmp_path / "data.pt")
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", _GATHER_WORKER, str(r), str(tmp_path)], cwd=root,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    r = [torch.load(tmp_path / f"r{i}.pt", weights_only=True) for i in (0, 1)]
+    assert (r[0]["offset"], r[1]["offset"]) == (0, 5)
+    torch.testing.assert_close(r[0]["keys"], t.flatten(0, 1), rtol=0, atol=0)
+    full = s.flatten(0, 1).clone().requires_grad_(True)
+    loss = info_nce(full, t.flatten(0, 1), 0.2)
+    loss.backward()
+    torch.testing.assert_close((r[0]["loss"] + r[1]["loss"]) / 2, loss.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(torch.cat([r[0]["grad"], r[1]["grad"]]), 2 * full.grad, rtol=1e-5, atol=1e-6)
+    # each process alone (the old behaviour) would differ: only its own 5 rows as negatives
+    assert not torch.allclose(info_nce(s[0], t[0], 0.2), r[0]["loss"])
 
 
 @pytest.mark.slow  # ~20 s: two gloo processes
