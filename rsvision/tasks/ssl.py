@@ -180,16 +180,24 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float, o
 
 
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Every DDP process's ``x`` (N, ...) stacked in rank order (no gradient: used for teacher keys) and this
-    process's first row in it; ``(x, 0)`` outside a process group. Every process must give the same N
-    (DistributedSampler and ``drop_last`` make the batches equal)."""
+    """Every DDP process's ``x`` (N_r, ...) concatenated in rank order (no gradient: used for teacher keys)
+    and this process's first row in it; ``(x, 0)`` outside a process group. Row counts may differ between
+    processes (a last, smaller batch): they are exchanged first and the rows padded for the collective."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach().contiguous())
-    return torch.cat(parts), dist.get_rank() * len(x)
+    world = dist.get_world_size()
+    n = torch.tensor([len(x)], device=x.device)
+    counts = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    counts = [int(c) for c in counts]
+    padded = x.detach().new_zeros((max(counts), *x.shape[1:]))
+    padded[: len(x)] = x.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    rank = dist.get_rank()
+    return torch.cat([p[:c] for p, c in zip(parts, counts)]), sum(counts[:rank])
 
 
 def pixel_nce(s_map: torch.Tensor, s_geom: torch.Tensor, t_map: torch.Tensor, t_geom: torch.Tensor,

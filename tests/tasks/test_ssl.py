@@ -327,6 +327,8 @@ dist.init_process_group("gloo", init_method="file://" + path + "/pg", rank=rank,
 data = torch.load(path + "/data.pt")
 s = data["s"][rank].clone().requires_grad_(True)
 keys, offset = gather_rows(data["t"][rank])
+uneven, at = gather_rows(data["t"][rank][: 3 + rank])  # 3 rows here, 4 there
+assert at == 3 * rank and torch.equal(uneven, torch.cat([data["t"][0][:3], data["t"][1][:4]]))
 loss = info_nce(s, keys, 0.2, offset)
 loss.backward()
 torch.save({"loss": loss.detach(), "grad": s.grad, "offset": offset, "keys": keys}, path + f"/r{rank}.pt")
