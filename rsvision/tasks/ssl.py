@@ -35,8 +35,8 @@ projector MLP ``C -> hidden -> proj_dim`` shared by the image and query losses, 
 for pixels and regions, teacher momentum constant (``teacher_momentum``). Nearby points of one scene
 are negatives of each other in the pixel loss (no distance threshold, unlike PixPro).
 
-The run directory's ``best.ckpt`` (with validation) / ``last.ckpt`` hold student (``model.encoder``), heads and teacher;
-``encoder.pth`` (written after training) holds the student encoder alone: both load with
+The run directory's ``best.ckpt`` (with validation) / ``last.ckpt`` hold student (``model.encoder``),
+heads and teacher; ``encoder.pth`` (written after training) holds the student encoder alone: both load with
 ``--pretrained`` into any task built on the same backbone (``rsvision.models.load_checkpoint``).
 Checkpoints written before the dense heads existed load with those heads freshly initialised.
 """
