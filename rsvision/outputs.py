@@ -96,16 +96,17 @@ def _pid_alive(pid: int, started: Optional[str] = None) -> bool:
 
 
 def _lock_owner(lock: Path, wait: float = 5.0) -> Optional[dict]:
-    """The holder recorded in ``lock``; None when it stays empty or unreadable for ``wait`` seconds (its
-    creator writes it right after creating it, so only a run killed in between leaves it so)."""
+    """The holder recorded in ``lock``; None when it is gone (released meanwhile) or stays empty or unreadable
+    for ``wait`` seconds (its creator writes it right after creating it, so only a run killed in between
+    leaves it so)."""
     deadline = time.monotonic() + wait
     while True:
         try:
             owner = json.loads(lock.read_text())
-            if isinstance(owner, dict):
+            if isinstance(owner, dict) and owner:
                 return owner
         except FileNotFoundError:
-            return {}  # released meanwhile
+            return None
         except (OSError, ValueError):
             pass
         if time.monotonic() > deadline:
@@ -124,7 +125,7 @@ def _take_lock(folder: Path, what: str) -> Path:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
-            if not owner:  # released meanwhile, or left empty by a run killed between creating and writing it
+            if owner is None:  # released meanwhile, or left empty by a run killed between creating and writing it
                 lock.unlink(missing_ok=True)
                 continue
             same_host = owner.get("host") == me["host"]

@@ -112,9 +112,11 @@ class DenseTask(BaseTask):
     def load_pretrained(self, path: str | Path):
         """Backbone or full checkpoint (official, MMRotate, timm, rsvision) into the encoder."""
         report = self.model.encoder.load_pretrained(path)
-        # a report with missing / unexpected keys was already logged (a warning) by load_checkpoint
-        log.info("pretrained backbone %s: %sencoder tensors %s", path, report.summary() + ", " if report.ok else "",
-                 report.meta.get("encoder_tensors_loaded"))
+        loaded = report.meta.get("encoder_tensors_loaded")
+        if report.ok:  # otherwise load_checkpoint already logged the report (a warning)
+            log.info("pretrained backbone %s: %s, encoder tensors %s", path, report.summary(), loaded)
+        else:
+            log.info("pretrained backbone %s: encoder tensors %s", path, loaded)
         return report
 
     @property
